@@ -1,0 +1,94 @@
+"""Token layout of Hiera: unroll a spatial grid into mask units, and reroll it back.
+
+Hiera never runs a windowing or pooling kernel. Instead the tokens are put once, right after the patch embed, into
+an order where both are a reshape:
+
+* tokens are grouped by **mask unit** (a block of ``mu_size`` tokens, e.g. 8x8); units are in raster order;
+* inside a unit, tokens are ordered by their pooling offsets, coarsest pooling level innermost. With a pooling
+  schedule ``s_1, ..., s_K`` (each a per-dim stride, e.g. (2, 2)) the in-unit index is ``(a_1, a_2, ..., a_K)`` where
+  ``a_k`` is the offset at level ``k``. A token at in-unit position ``r`` (per dim) has
+  ``r = a_1 + s_1 * (a_2 + s_2 * (a_3 + ...))``.
+
+So max-pooling level 1 is ``x.view(B, #MU, prod(s_1), -1, C).amax(2)`` and what is left keeps the same layout with
+one level fewer. Mask-unit attention is attention over dim 2 of ``[B, #MU, L, C]``, and deleting a masked unit is a
+gather along dim 1.
+
+This is the layout of the official code with the two outer axes swapped: the official order is
+``[B, L, #MU, C]`` (unit index fastest), ours is ``[B, #MU, L, C]`` (unit index slowest), which lets attention
+fold ``B * #MU`` into one batch axis as a view, for the 4-D ``scaled_dot_product_attention`` kernels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+Shape = Sequence[int]
+
+
+def _split_dims(num_units: Shape, schedule: Sequence[Shape]) -> tuple[list[int], list[int], list[int]]:
+    """The view that splits each spatial dim into ``[#MU_d, s_K[d], ..., s_1[d]]`` and the permutation that brings it
+    to ``[#MU_0, #MU_1, ..., s_1 dims..., s_2 dims..., ..., s_K dims...]`` (both without the B and C axes)."""
+    ndim = len(num_units)
+    levels = len(schedule)
+    view: list[int] = []
+    for d in range(ndim):
+        view += [num_units[d]] + [schedule[k][d] for k in reversed(range(levels))]
+    per_dim = levels + 1  # positions of dim d in `view`: d * per_dim + (0 for #MU, 1 + (K-1-k) for level k)
+    perm = [d * per_dim for d in range(ndim)]
+    for k in range(levels):
+        perm += [d * per_dim + 1 + (levels - 1 - k) for d in range(ndim)]
+    return view, perm, [num_units[d] * math.prod(s[d] for s in schedule) for d in range(ndim)]
+
+
+def unroll(x: torch.Tensor, num_units: Shape, schedule: Sequence[Shape]) -> torch.Tensor:
+    """Spatial tokens to the mask-unit layout.
+
+    Args:
+        x: ``[B, *G, C]`` tokens on the grid ``G`` (``[B, H, W, C]`` or ``[B, T, H, W, C]``).
+        num_units: mask units per dim, ``G[d] == num_units[d] * prod(s[d] for s in schedule)``.
+        schedule: per-level pooling strides, finest first, e.g. ``[(2, 2)] * 3``.
+    Returns:
+        ``[B, #MU, L, C]`` with ``#MU = prod(num_units)`` and ``L = prod(G) / #MU``.
+    """
+    B, C = x.shape[0], x.shape[-1]
+    view, perm, grid = _split_dims(num_units, schedule)
+    if list(x.shape[1:-1]) != grid:
+        raise ValueError(f"unroll: grid {tuple(x.shape[1:-1])} does not match mask units {tuple(num_units)} x strides")
+    x = x.reshape(B, *view, C)
+    x = x.permute(0, *(p + 1 for p in perm), len(view) + 1)  # [B, *#MU, *s_1, ..., *s_K, C]
+    return x.reshape(B, math.prod(num_units), -1, C)  # [B, #MU, L, C]
+
+
+def reroll(x: torch.Tensor, num_units: Shape, schedule: Sequence[Shape]) -> torch.Tensor:
+    """The inverse of :func:`unroll`: ``[B, #MU, L, C]`` to ``[B, *G, C]``.
+
+    ``schedule`` is what is left of the pooling schedule at this depth (levels already pooled away are dropped from
+    its front), so reroll of a stage output gives that stage's spatial map.
+    """
+    B, C = x.shape[0], x.shape[-1]
+    view, perm, grid = _split_dims(num_units, schedule)
+    permuted_shape = [view[p] for p in perm]
+    x = x.reshape(B, *permuted_shape, C)  # [B, *#MU, *s_1, ..., *s_K, C]
+    inverse = sorted(range(len(perm)), key=perm.__getitem__)
+    x = x.permute(0, *(i + 1 for i in inverse), len(view) + 1)  # [B, #MU_0, s_K[0], ..., s_1[0], #MU_1, ..., C]
+    return x.reshape(B, *grid, C)
+
+
+def units_to_windows(x: torch.Tensor, schedule: Sequence[Shape], ndim: int) -> torch.Tensor:
+    """Per-unit tokens to per-unit spatial windows: ``[B, #MU, L, C]`` to ``[B, #MU, *mu, C]``.
+
+    Used for masked forwards, where deleted units leave no grid to reroll into (the official masked intermediates
+    have this shape too).
+    """
+    B, U, C = x.shape[0], x.shape[1], x.shape[-1]
+    windows = reroll(x.reshape(B * U, 1, -1, C), [1] * ndim, schedule)  # [B*#MU, *mu, C]
+    return windows.reshape(B, U, *windows.shape[1:-1], C)
+
+
+def pool_level(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """Max-pool the finest remaining level: ``[B, #MU, L, C]`` to ``[B, #MU, L / stride, C]``."""
+    B, U, L, C = x.shape
+    return x.view(B, U, stride, L // stride, C).amax(dim=2)

@@ -1,0 +1,152 @@
+"""Every registered model, at a toy depth and size: shapes, gradients, API, bad input."""
+
+import math
+
+import pytest
+import torch
+
+import hieralab
+from hieralab.layers import pos_embed as pe
+
+TOY = dict(stages=(1, 1, 1, 1))
+
+
+def toy(name: str, **kw):
+    return hieralab.create_model(name, **{**TOY, **kw})
+
+
+def toy_input(model, batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, 3, 4, 64, 64) if model.ndim == 3 else torch.randn(batch, 3, 64, 64)
+
+
+@pytest.mark.parametrize("name", hieralab.list_models("hiera_*"))
+def test_every_model_runs_and_trains(name):
+    model = toy(name, drop_path_rate=0.1).train()
+    x = toy_input(model)
+    logits = model(x)
+    assert logits.shape == (2, model.num_classes)
+    assert torch.isfinite(logits).all()
+    logits.logsumexp(-1).mean().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert no_grad == []
+
+
+@pytest.mark.parametrize("name", hieralab.list_models("hiera_*"))
+def test_every_model_masked_forward(name):
+    model = toy(name).eval()
+    x = toy_input(model)
+    units = math.prod(g // m for g, m in zip(model.token_grid(x), model.mask_unit_size))
+    visible = torch.zeros(2, units, dtype=torch.bool)
+    visible[0, :2], visible[1, -2:] = True, True
+    maps = model.forward_intermediates(x, visible=visible, intermediates_only=True)
+    assert [m.shape[1] for m in maps] == [2] * 4
+    assert maps[0].shape[2:-1] == model.mask_unit_size
+
+
+def test_head_returns_logits_in_eval():
+    model = hieralab.create_model("hiera_tiny_224", **TOY).eval()
+    with torch.no_grad():
+        model.head.projection.weight.normal_(0, 1)
+        out = model(torch.randn(2, 3, 64, 64))
+    assert not torch.allclose(out.sum(-1), torch.ones(2))
+    assert (out < 0).any()
+
+
+def test_forward_intermediates_formats_and_indices():
+    model = toy("hiera_tiny_224").eval()
+    x = torch.randn(1, 3, 64, 96)  # non-square
+    final, maps = model.forward_intermediates(x)
+    assert [tuple(m.shape) for m in maps] == [(1, 96, 16, 24), (1, 192, 8, 12), (1, 384, 4, 6), (1, 768, 2, 3)]
+    assert final.shape == (1, 2, 3, 768)
+    nhwc = model.forward_intermediates(x, indices=[1, -1], output_fmt="NHWC", intermediates_only=True)
+    assert [tuple(m.shape) for m in nhwc] == [(1, 8, 12, 192), (1, 2, 3, 768)]
+    torch.testing.assert_close(nhwc[1], maps[3].movedim(1, -1))
+    torch.testing.assert_close(model.forward_head(final), model(x))
+    with pytest.raises(ValueError, match="output_fmt"):
+        model.forward_intermediates(x, output_fmt="NCWH")
+
+
+def test_video_intermediates_are_5d():
+    model = toy("hiera_base_16x224").eval()
+    maps = model.forward_intermediates(torch.randn(1, 3, 4, 64, 64), intermediates_only=True)
+    assert [tuple(m.shape) for m in maps] == [(1, 96, 2, 16, 16), (1, 192, 2, 8, 8), (1, 384, 2, 4, 4),
+                                               (1, 768, 2, 2, 2)]
+
+
+def test_other_input_sizes_resample_the_position_embedding():
+    model = toy("hiera_tiny_224").eval()
+    grid = model._pos_embed((8, 10))
+    stored = model.pos_embed.view(1, 56, 56, -1)
+    expected = torch.nn.functional.interpolate(stored.movedim(-1, 1), size=(8, 10), mode="bicubic",
+                                               align_corners=False).movedim(1, -1)
+    torch.testing.assert_close(grid, expected)
+    assert model(torch.randn(1, 3, 256, 320)).shape == (1, 1000)
+    assert model._pos_embed((56, 56)) is not None and torch.equal(model._pos_embed((56, 56)), stored)
+
+
+def test_video_takes_other_frame_counts():
+    model = toy("hiera_base_16x224").eval()
+    assert model(torch.randn(1, 3, 8, 64, 64)).shape == (1, 400)
+    temporal = pe.separate(model.pos_embed_spatial, model.pos_embed_temporal, model.stored_grid, (4, 16, 16))
+    assert temporal.shape == (1, 4, 16, 16, 96)
+    # linear in time: frame 0 of a 2-step grid lies between stored frames
+    t = pe.resample_grid(model.pos_embed_temporal, (4,))
+    torch.testing.assert_close(t, torch.nn.functional.interpolate(
+        model.pos_embed_temporal.movedim(-1, 1), size=4, mode="linear", align_corners=False).movedim(1, -1))
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((2, 1, 64, 64), "expected 3 input channels"),
+    ((2, 3, 4, 64, 64), "takes \\[B, C, H, W\\] images"),
+    ((3, 64, 64), "takes \\[B, C, H, W\\] images"),
+    ((1, 3, 64, 70), "W=70 -> a multiple of 32"),
+    ((1, 3, 16, 64), "H=16 -> a multiple of 32"),
+])
+def test_bad_input_is_a_clear_error(shape, message):
+    model = toy("hiera_tiny_224")
+    with pytest.raises(ValueError, match=message):
+        model(torch.randn(*shape))
+
+
+def test_bad_visible_masks():
+    model = toy("hiera_tiny_224")
+    x = torch.randn(2, 3, 64, 64)
+    with pytest.raises(ValueError, match="bool tensor"):
+        model(x, visible=torch.ones(2, 4))
+    uneven = torch.tensor([[True, True, False, False], [True, False, False, False]])
+    with pytest.raises(ValueError, match="same number of visible units"):
+        model(x, visible=uneven)
+
+
+def test_unknown_model_name():
+    with pytest.raises(KeyError, match="unknown model 'hiera_tiny'.*hiera_tiny_224"):
+        hieralab.create_model("hiera_tiny")
+
+
+def test_layer_ids_no_weight_decay_and_reset_classifier():
+    model = toy("hiera_tiny_224")
+    ids = {n: model.layer_id(n) for n, _ in model.named_parameters()}
+    assert ids["pos_embed"] == 0 and ids["patch_embed.proj.weight"] == 0
+    assert ids["blocks.0.attn.qkv.weight"] == 1 and ids["blocks.3.mlp.fc2.bias"] == 4
+    assert ids["norm.weight"] == ids["head.projection.weight"] == model.num_layers - 1 == 5
+    assert model.no_weight_decay() == {"pos_embed"}
+    assert toy("hiera_base_16x224").no_weight_decay() == {"pos_embed_spatial", "pos_embed_temporal"}
+    model.reset_classifier(7)
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 7)
+    model.reset_classifier(0)
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 768)
+
+
+def test_model_config_is_data():
+    import json
+
+    cfg = toy("hiera_base_16x224").config
+    assert json.loads(json.dumps(cfg)) == cfg
+    assert cfg["stages"] == [1, 1, 1, 1] and cfg["pos_embed"] == "separate"
+
+
+def test_invalid_constructor_arguments():
+    with pytest.raises(ValueError, match="mask_unit_size"):
+        hieralab.Hiera(mask_unit_size=(4, 4))
+    with pytest.raises(ValueError, match="q_pool"):
+        hieralab.Hiera(q_pool=4)
