@@ -1,0 +1,75 @@
+"""Measuring models: parameters, FLOPs (counted on the meta device, no compute) and paired wall-clock timings."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(build: Callable[[], nn.Module], input_shape: Sequence[int]) -> int:
+    """FLOPs (2 per multiply-add) of one forward, counted on the meta device so no weights or compute are needed."""
+    with torch.device("meta"):
+        model = build().eval()
+        x = torch.empty(*input_shape)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops()
+
+
+def input_shape(model: nn.Module, batch: int) -> tuple[int, ...]:
+    """The native input of a model built with ``input_size`` (ours and the official both store it)."""
+    size = getattr(model, "config", {}).get("input_size") or (224, 224)
+    return (batch, 3, *size)
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 matmul throughput, the ceiling for a transformer's linear layers."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_time(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _time(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def paired_timings(fns: Mapping[str, Callable[[], object]], *, rounds: int = 5, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call for each function, interleaved round by round (the order rotates each round) so that
+    machine noise hits every contender alike; ratios are then taken per round."""
+    names = list(fns)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for name in names:
+                fns[name]()
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                times[name].append(_time(fns[name]))
+    return times
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+def paired_ratio(slow: Sequence[float], fast: Sequence[float]) -> float:
+    """Median over rounds of ``slow / fast`` (> 1: ``fast`` is faster)."""
+    return statistics.median(s / f for s, f in zip(slow, fast, strict=True))
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

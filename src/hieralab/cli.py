@@ -1,0 +1,140 @@
+"""The ``hieralab`` command line: thin wrappers that parse arguments and call the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from . import bench as B
+from .models import create_model, list_models, model_config
+
+log = logging.getLogger("hieralab")
+
+
+def _official(name: str):
+    """The official ``hiera-transformer`` model of this name, with its eval-mode softmax removed, or None."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import hiera
+    except ImportError:
+        return None
+    factory = getattr(hiera, name, None)
+    if factory is None:
+        return None
+    model = factory().eval()
+    model.head.act_func = lambda x: x
+    return model
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for name in list_models(args.pattern):
+        cfg = model_config(name)
+        print(f"{name:28s} input {tuple(cfg.get('input_size', (224, 224)))}  embed {cfg['embed_dim']}  "
+              f"stages {tuple(cfg['stages'])}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .models.inference import optimize_for_inference
+
+    names = list_models(args.models)
+    if not names:
+        print(f"error: no registered model matches {args.models!r}; see `hieralab list`", file=sys.stderr)
+        return 2
+    torch.manual_seed(0)
+    peak = B.matmul_peak_gflops()
+    print(f"# hieralab bench: fp32, batch {args.batch}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+          f"matmul peak {peak:.0f} GFLOP/s; median of {args.rounds} interleaved rounds", flush=True)
+    header = ["model", "params (M)", "GFLOPs", "ours ms", "ours im/s", "ours % peak", "ours+packed ms",
+              "official ms", "ours vs official", "packed vs official"]
+    rows, records = [], []
+    for name in names:
+        cfg_input = model_config(name).get("input_size", (224, 224))
+        shape = (args.batch, 3, *cfg_input)
+        flops = B.count_flops(lambda: create_model(name), shape)
+        with torch.device("meta"):
+            params = B.count_params(create_model(name))
+        gflops = flops / 1e9
+        row = {"model": name, "params_m": params / 1e6, "gflops": gflops}
+        if args.max_gflops and gflops > args.max_gflops:
+            rows.append([name, f"{params / 1e6:.2f}", f"{gflops:.1f}", "not timed", "", "", "", "", "", ""])
+            records.append(row)
+            print(f"{name}: {params / 1e6:.2f} M params, {gflops:.1f} GFLOPs (over --max-gflops, not timed)",
+                  flush=True)
+            continue
+        ours = create_model(name).eval()
+        x = torch.randn(*shape)
+        fns = {"ours": lambda: ours(x)}
+        fast = optimize_for_inference(ours)
+        fns["packed"] = lambda: fast(x)
+        official = None if args.no_official else _official(name)
+        if official is not None:
+            ours.load_state_dict(official.state_dict())
+            fns["official"] = lambda: official(x)
+        times = B.paired_timings(fns, rounds=args.rounds, warmup=1)
+        ms = {k: B.median(v) * 1e3 for k, v in times.items()}
+        row.update({f"{k}_ms": v for k, v in ms.items()})
+        pct = 100 * gflops / (ms["ours"] / 1e3) / peak
+        cells = [name, f"{params / 1e6:.2f}", f"{gflops:.1f}", f"{ms['ours']:.0f}",
+                 f"{args.batch / ms['ours'] * 1e3:.1f}", f"{pct:.0f}%", f"{ms['packed']:.0f}"]
+        if official is not None:
+            r1, r2 = B.paired_ratio(times["official"], times["ours"]), B.paired_ratio(times["official"], times["packed"])
+            row.update(ratio_ours=r1, ratio_packed=r2)
+            cells += [f"{ms['official']:.0f}", f"{r1:.2f}x", f"{r2:.2f}x"]
+        else:
+            cells += ["—", "—", "—"]
+        rows.append(cells)
+        records.append(row)
+        print(f"{name}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in ms.items()), flush=True)
+        del ours, fast, official, fns
+    print()
+    print(B.markdown_table(header, rows))
+    if args.json:
+        path = Path(args.json)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps({"batch": args.batch, "matmul_peak_gflops": peak, "rows": records}, indent=2))
+        os.replace(tmp, path)
+        print(f"\nwrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hieralab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list registered models")
+    p.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'hiera_*_16x224'")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("bench", help="parameters, FLOPs and measured speed of registered models, next to the "
+                                     "official hiera-transformer")
+    p.add_argument("--models", default="hiera_*", help="glob of model names (default: all Hiera models)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds per model (after one warm-up)")
+    p.add_argument("--max-gflops", type=float, default=400.0,
+                   help="only count, do not time, models above this many GFLOPs per batch (0: time all)")
+    p.add_argument("--no-official", action="store_true", help="do not time the official package")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if getattr(args, "batch", 1) < 1 or getattr(args, "rounds", 1) < 1:
+        print("error: --batch and --rounds must be at least 1", file=sys.stderr)
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
