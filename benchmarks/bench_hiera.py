@@ -19,8 +19,10 @@ warnings.filterwarnings("ignore")
 
 
 def build(name: str) -> dict[str, torch.nn.Module]:
+    """Every contender with the same (random) weights: the official model's."""
     import hiera
     import timm
+    from timm.models.hiera import checkpoint_filter_fn
 
     official = getattr(hiera, name)().eval()
     official.head.act_func = lambda x: x  # logits, like ours
@@ -28,11 +30,8 @@ def build(name: str) -> dict[str, torch.nn.Module]:
     hieralab.load_checkpoint(ours, official.state_dict())
     models = {"ours": ours, "ours+packed": hieralab.optimize_for_inference(ours), "official": official}
     if "16x" not in name:  # timm 1.0's video Hiera cannot be built (it rejects 3-D input sizes)
-        t = timm.create_model(name, pretrained=False).eval()
-        hieralab.load_checkpoint(ours, t.state_dict())  # same weights for every contender
-        official.load_state_dict(hieralab.models.checkpoint.to_hieralab_keys(t.state_dict())[1])
-        models["ours+packed"] = hieralab.optimize_for_inference(ours)
-        models["timm"] = t
+        models["timm"] = timm.create_model(name, pretrained=False).eval()
+        models["timm"].load_state_dict(checkpoint_filter_fn(official.state_dict()))
     return models
 
 

@@ -42,9 +42,24 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def _time_against_official(name: str, shape: tuple[int, ...], rounds: int, *, with_official: bool):
+    """Seconds per forward of ours, ours + optimize_for_inference and (if installed) the official model, on the
+    same weights and input, interleaved."""
     from .models.inference import optimize_for_inference
 
+    ours = create_model(name).eval()
+    official = _official(name) if with_official else None
+    if official is not None:
+        ours.load_state_dict(official.state_dict())
+    fast = optimize_for_inference(ours)
+    x = torch.randn(*shape)
+    fns = {"ours": lambda: ours(x), "packed": lambda: fast(x)}
+    if official is not None:
+        fns["official"] = lambda: official(x)
+    return B.paired_timings(fns, rounds=rounds, warmup=1)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
     names = list_models(args.models)
     if not names:
         print(f"error: no registered model matches {args.models!r}; see `hieralab list`", file=sys.stderr)
@@ -70,22 +85,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"{name}: {params / 1e6:.2f} M params, {gflops:.1f} GFLOPs (over --max-gflops, not timed)",
                   flush=True)
             continue
-        ours = create_model(name).eval()
-        x = torch.randn(*shape)
-        fns = {"ours": lambda: ours(x)}
-        fast = optimize_for_inference(ours)
-        fns["packed"] = lambda: fast(x)
-        official = None if args.no_official else _official(name)
-        if official is not None:
-            ours.load_state_dict(official.state_dict())
-            fns["official"] = lambda: official(x)
-        times = B.paired_timings(fns, rounds=args.rounds, warmup=1)
+        times = _time_against_official(name, shape, args.rounds, with_official=not args.no_official)
         ms = {k: B.median(v) * 1e3 for k, v in times.items()}
         row.update({f"{k}_ms": v for k, v in ms.items()})
         pct = 100 * gflops / (ms["ours"] / 1e3) / peak
         cells = [name, f"{params / 1e6:.2f}", f"{gflops:.1f}", f"{ms['ours']:.0f}",
                  f"{args.batch / ms['ours'] * 1e3:.1f}", f"{pct:.0f}%", f"{ms['packed']:.0f}"]
-        if official is not None:
+        if "official" in times:
             r1, r2 = B.paired_ratio(times["official"], times["ours"]), B.paired_ratio(times["official"], times["packed"])
             row.update(ratio_ours=r1, ratio_packed=r2)
             cells += [f"{ms['official']:.0f}", f"{r1:.2f}x", f"{r2:.2f}x"]
@@ -94,7 +100,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rows.append(cells)
         records.append(row)
         print(f"{name}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in ms.items()), flush=True)
-        del ours, fast, official, fns
     print()
     print(B.markdown_table(header, rows))
     if args.json:

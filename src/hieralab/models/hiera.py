@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..layers import ClassifierHead, DropPath, MaskUnitAttention, Mlp, PatchEmbed
@@ -328,9 +327,8 @@ class Hiera(nn.Module):
         """Last-stage features before the norm: ``[B, *G_4, C]`` channels last (``[B, 7, 7, C]`` at 224 px), or with
         ``visible`` ``[B, #visible, *mu_4, C]`` (only the units the encoder saw)."""
         tokens, num_units = self._embed(x, visible)
-        for stage, tokens in self._stages(tokens, [len(self.stage_ends) - 1]):
-            return self._to_map(tokens, stage, num_units, visible is not None)
-        raise AssertionError("unreachable")
+        stage, out = next(self._stages(tokens, [len(self.stage_ends) - 1]))
+        return self._to_map(out, stage, num_units, visible is not None)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Mean-pool a feature map from :meth:`forward_features`, normalise, classify: ``[B, num_classes]``."""
@@ -377,8 +375,8 @@ class Hiera(nn.Module):
         maps = []
         want = stages if intermediates_only else sorted(set(stages) | {n - 1})
         final = None
-        for stage, tokens in self._stages(tokens, want):
-            m = self._to_map(tokens, stage, num_units, masked)
+        for stage, out in self._stages(tokens, want):
+            m = self._to_map(out, stage, num_units, masked)
             if stage == n - 1:
                 final = m
                 if norm:
