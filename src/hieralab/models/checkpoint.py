@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 # Parts of an official MAE checkpoint that are not the encoder.
-_MAE_ONLY = ("decoder", "multi_scale_fusion_heads", "mask_token", "encoder_norm", "decoder_pos_embed")
+_MAE_ONLY = ("decoder", "multi_scale_fusion_heads", "mask_token", "encoder_norm")
 
 
 # ---------------------------------------------------------------- key layouts
