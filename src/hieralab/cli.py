@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -14,8 +13,7 @@ import torch
 
 from . import bench as B
 from .models import create_model, list_models, model_config
-
-log = logging.getLogger("hieralab")
+from .models.checkpoint import atomic_write
 
 
 def _official(name: str):
@@ -72,11 +70,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
               "official ms", "ours vs official", "packed vs official"]
     rows, records = [], []
     for name in names:
-        cfg_input = model_config(name).get("input_size", (224, 224))
-        shape = (args.batch, 3, *cfg_input)
+        with torch.device("meta"):  # shapes and counts only, no weights allocated
+            meta = create_model(name)
+        params, shape = B.count_params(meta), B.input_shape(meta, args.batch)
         flops = B.count_flops(lambda: create_model(name), shape)
-        with torch.device("meta"):
-            params = B.count_params(create_model(name))
         gflops = flops / 1e9
         row = {"model": name, "params_m": params / 1e6, "gflops": gflops}
         if args.max_gflops and gflops > args.max_gflops:
@@ -104,9 +101,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(B.markdown_table(header, rows))
     if args.json:
         path = Path(args.json)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps({"batch": args.batch, "matmul_peak_gflops": peak, "rows": records}, indent=2))
-        os.replace(tmp, path)
+        text = json.dumps({"batch": args.batch, "matmul_peak_gflops": peak, "rows": records}, indent=2)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
         print(f"\nwrote {path}")
     return 0
 
