@@ -1,10 +1,12 @@
-# Two entry points for a fresh machine: `make bench` (the main job) and `make test`.
+# Two entry points for a fresh machine: `make demo` (the main job) and `make test`.
 # Both create the virtual environment at .venv/ on first use and reuse it afterwards.
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-all bench demo clean
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup data test test-all bench demo clean
 
 setup: $(STAMP)
 
@@ -23,7 +25,14 @@ test-all: setup  # includes the slow tests (full-depth Hiera-L/H parity)
 bench: setup  # every registered model: parameters, FLOPs, speed next to the official package
 	$(VENV)/bin/hieralab bench --json bench.json
 
-demo: bench
+data:  # Fashion-MNIST from Debian's packages (no run-time download): the default dataset
+	@test -f $(FMNIST)/train-images-idx3-ubyte.gz || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q dataset-fashion-mnist || { $$SUDO apt-get update -q && \
+	  $$SUDO apt-get install -y -q dataset-fashion-mnist; }; }
+
+demo: setup data  # MAE-pretrain a small Hiera on Fashion-MNIST, then write reconstructions and the loss curve
+	$(VENV)/bin/hieralab pretrain --preset mae_hiera_fmnist --resume
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -35,8 +35,34 @@ def _official(name: str):
 def cmd_list(args: argparse.Namespace) -> int:
     for name in list_models(args.pattern):
         cfg = model_config(name)
-        print(f"{name:28s} input {tuple(cfg.get('input_size', (224, 224)))}  embed {cfg['embed_dim']}  "
-              f"stages {tuple(cfg['stages'])}")
+        size = tuple(cfg["input_size"]) if "input_size" in cfg else (cfg.get("img_size", 224),) * 2
+        shape = f"stages {tuple(cfg['stages'])}" if "stages" in cfg else f"depth {cfg.get('depth')}"
+        print(f"{name:28s} input {size}  embed {cfg.get('embed_dim')}  {shape}")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .config import PretrainConfig, load_config
+    from .tasks import pretrain
+
+    cfg = load_config(PretrainConfig, args.preset, args.overrides)
+    summary = pretrain.run(cfg, resume=args.resume)
+    if "model" in summary:  # the main process
+        print(f"\npretrained {cfg.model} for {summary['steps']} steps in {summary['seconds']:.0f} s "
+              f"({summary['images_per_s']:.0f} images/s), final loss {summary['final_loss']:.4f}")
+        for key in ("model", "encoder", "loss_curve", "reconstructions"):
+            if key in summary:
+                print(f"  {key:16s} {summary[key]}")
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from .tasks import reconstruct
+
+    paths = reconstruct.run(args.path, images=args.images, split=args.split, num=args.num, out=args.out,
+                            seed=args.seed, mask_ratio=args.mask_ratio, img_size=args.img_size)
+    print(f"wrote {len(paths)} reconstructions (original | masked | reconstruction | visible pasted) and "
+          f"overview.png to {paths[0].parent}")
     return 0
 
 
@@ -125,6 +151,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-official", action="store_true", help="do not time the official package")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_bench)
+
+    from .config import preset_names
+
+    p = sub.add_parser("pretrain", help="MAE-pretrain a mae_* model on Fashion-MNIST or a folder of images",
+                       description="Defaults <- --preset <- key=value overrides; the resolved config is written to "
+                                   "<out_dir>/config.yaml. Multi-process: torchrun --nproc_per_node N -m hieralab.cli "
+                                   "pretrain ...")
+    p.add_argument("--preset", default="mae_hiera_fmnist",
+                   help=f"a preset name ({', '.join(preset_names())}) or a .yaml path")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="e.g. data.source=~/photos optim.batch_size=32 epochs=5 out_dir=runs/mine")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("reconstruct", help="PNG pictures of MAE reconstructions: original | masked | reconstruction "
+                                           "| visible patches pasted back")
+    p.add_argument("path", help="a pretraining run folder or a save_pretrained MAE folder")
+    p.add_argument("--images", help="a folder of images (default: the run's data source)")
+    p.add_argument("--split", help="dataset split (default: test for fashion-mnist)")
+    p.add_argument("--num", type=int, default=8, help="how many images")
+    p.add_argument("--out", help="output folder (default: <path>/reconstructions)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the masks")
+    p.add_argument("--mask-ratio", type=float, help="default: the model's")
+    p.add_argument("--img-size", type=int, help="default: the run's")
+    p.set_defaults(func=cmd_reconstruct)
     return parser
 
 
@@ -134,7 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "batch", 1) < 1 or getattr(args, "rounds", 1) < 1:
         print("error: --batch and --rounds must be at least 1", file=sys.stderr)
         return 2
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"hieralab {args.command}: error: {msg}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

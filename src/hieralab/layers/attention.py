@@ -42,3 +42,26 @@ class MaskUnitAttention(nn.Module):
         x = F.scaled_dot_product_attention(q, k, v)  # [batch, heads, units*L/s, d]
         x = x.transpose(1, 2).reshape(B, U, -1, self.heads * self.head_dim)  # [B, #MU, L/s, C_out]
         return self.proj(x)
+
+
+class Attention(nn.Module):
+    """Plain multi-head self-attention over ``[B, N, C]`` (ViT, the MAE decoders, T2T-ViT's backbone).
+
+    Parameter names (``qkv``, ``proj``) match timm, the MAE code and the official Hiera decoder.
+    """
+
+    def __init__(self, dim: int, heads: int, *, qkv_bias: bool = True, dim_out: int | None = None):
+        super().__init__()
+        dim_out = dim_out or dim
+        if dim_out % heads:
+            raise ValueError(f"attention width {dim_out} is not divisible by {heads} heads")
+        self.heads = heads
+        self.head_dim = dim_out // heads
+        self.qkv = nn.Linear(dim, 3 * dim_out, bias=qkv_bias)
+        self.proj = nn.Linear(dim_out, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape  # [B, N, C]
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # [B, h, N, d]
+        x = F.scaled_dot_product_attention(q, k, v)  # [B, h, N, d]
+        return self.proj(x.transpose(1, 2).reshape(B, N, -1))  # [B, N, C_out]

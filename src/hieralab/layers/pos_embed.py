@@ -45,3 +45,25 @@ def abswin(global_pos: torch.Tensor, window_pos: torch.Tensor, grid: Sequence[in
     tiled = window_pos.tile(1, 1, *reps)  # [1, C, *G]
     resized = F.interpolate(global_pos, size=tuple(grid), mode="bicubic", antialias=True)  # [1, C, *G]
     return (resized + tiled).movedim(1, -1)  # [1, *G, C]
+
+
+def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """Fixed sinusoidal embedding ``[N, dim]`` of ``positions`` ``[N]``: ``[sin(p * w_i), cos(p * w_i)]`` with
+    ``w_i = 10000 ** (-i / (dim / 2))`` (Vaswani et al.; the MAE code's layout, sines first)."""
+    if dim % 2:
+        raise ValueError(f"sin-cos embedding needs an even width, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    out = positions.double()[:, None] * omega[None]  # [N, dim/2]
+    return torch.cat([out.sin(), out.cos()], dim=1)  # [N, dim]
+
+
+def sincos_2d(dim: int, grid: Sequence[int], *, class_token: bool = False) -> torch.Tensor:
+    """Fixed 2-D sin-cos embedding ``[1, (1 +) H*W, dim]`` in raster order, as MAE: the first half encodes the
+    column (w) coordinate, the second half the row (h); an optional all-zero row for the class token first."""
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos embedding needs a width divisible by 4, got {dim}")
+    h, w = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")  # [H, W] each
+    emb = torch.cat([sincos_1d(dim // 2, w.flatten()), sincos_1d(dim // 2, h.flatten())], dim=1)  # [H*W, dim]
+    if class_token:
+        emb = torch.cat([emb.new_zeros(1, dim), emb], dim=0)
+    return emb.float()[None]

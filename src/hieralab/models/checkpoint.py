@@ -70,9 +70,10 @@ def _detect(sd: Mapping[str, torch.Tensor]) -> tuple[str, Callable[[Mapping[str,
 
 
 def to_hieralab_keys(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
-    """Rename any supported layout to ours; returns ``(layout name, state dict)``. MAE-only parts are dropped."""
+    """Rename any supported layout to ours; returns ``(layout name, state dict)``. MAE-only parts are dropped (an
+    MAE checkpoint, official or ours, loads its encoder)."""
     kind, convert = _detect(sd)
-    out = convert(sd)
+    out = {k.removeprefix("encoder."): v for k, v in convert(sd).items()}
     dropped = [k for k in out if k.startswith(_MAE_ONLY)]
     for k in dropped:
         del out[k]
@@ -116,6 +117,8 @@ def _guess_models(sd: Mapping[str, torch.Tensor]) -> list[str]:
     depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
     names = []
     for name in list_models():
+        if name.startswith("mae_"):  # an encoder checkpoint: name encoders
+            continue
         cfg = model_config(name)
         if (cfg.get("embed_dim") == w.shape[0] and sum(cfg.get("stages", ())) == depth
                 and len(cfg.get("input_size", (224, 224))) == w.dim() - 2):
@@ -144,7 +147,7 @@ def adapt_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> dict[s
                     side = int(round(v.shape[1] ** 0.5))
                     v = v.view(1, side, side, v.shape[-1])
                 sd[key] = pe.resample_grid(v, grid).reshape(own[key].shape)
-    for k in ("head.projection.weight", "head.projection.bias"):
+    for k in ("head.projection.weight", "head.projection.bias", "head.weight", "head.bias"):
         if k in sd and (k not in own or sd[k].shape != own[k].shape):
             log.info("checkpoint: %s has %d classes, the model %s; keeping the model's new head", k,
                      sd[k].shape[0], own[k].shape[0] if k in own else 0)
@@ -162,10 +165,24 @@ def adapt_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> dict[s
     return sd
 
 
+def to_mae_keys(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An official MAE checkpoint (encoder and decoder side by side) to our MAE layout (encoder under ``encoder.``)."""
+    return {k if k.startswith(_MAE_ONLY + ("encoder.",)) else f"encoder.{k}": v for k, v in sd.items()}
+
+
 def load_checkpoint(model: nn.Module, path_or_state: str | os.PathLike | Mapping[str, torch.Tensor]) -> list[str]:
     """Load weights in any supported layout into ``model``; returns the model keys the checkpoint did not have
     (e.g. ``norm`` and ``head`` for an MAE encoder checkpoint)."""
     sd = read_state_dict(path_or_state) if not isinstance(path_or_state, Mapping) else dict(path_or_state)
+    if getattr(model, "is_mae", False):
+        kind, sd = "mae", to_mae_keys(sd)
+        missing = [k for k in model.state_dict() if k not in sd]
+        unknown = [k for k in sd if k not in model.state_dict()]
+        if missing or unknown:
+            raise ValueError(f"checkpoint does not fit this MAE model ({len(missing)} tensors missing, e.g. "
+                             f"{(missing or unknown)[0]}); check the model name")
+        model.load_state_dict(sd)
+        return []
     kind, sd = to_hieralab_keys(sd)
     sd = adapt_state_dict(model, sd)
     result = model.load_state_dict(sd, strict=False)

@@ -27,3 +27,11 @@ for size in ("base", "base_plus", "large", "huge"):
     register(f"hiera_{size}_16x224", Hiera, **SIZES[size], **VIDEO_16x224)
 register("hiera_small_abswin_256", Hiera, **SIZES["small"], **ABSWIN_256, global_pos_size=(16, 16), expand_proj=False)
 register("hiera_base_abswin_256", Hiera, **SIZES["base"], **ABSWIN_256, global_pos_size=(14, 14))
+
+# A small Hiera for 32 px images (Fashion-MNIST, CIFAR-sized data, the demo and tests): 2 px patches, 16x16 tokens,
+# 4x4-token mask units (8x8 px, 16 units per image) and three stages of widths 64 / 128 / 256.
+MINI_32 = dict(
+    input_size=(32, 32), embed_dim=64, num_heads=2, stages=(1, 2, 2), q_pool=2, mask_unit_size=(4, 4),
+    mask_unit_attn=(True, True, False), patch_kernel=(3, 3), patch_stride=(2, 2), patch_padding=(1, 1),
+)
+register("hiera_mini_32", Hiera, **MINI_32, num_classes=10)

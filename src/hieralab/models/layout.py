@@ -92,3 +92,13 @@ def pool_level(x: torch.Tensor, stride: int) -> torch.Tensor:
     """Max-pool the finest remaining level: ``[B, #MU, L, C]`` to ``[B, #MU, L / stride, C]``."""
     B, U, L, C = x.shape
     return x.view(B, U, stride, L // stride, C).amax(dim=2)
+
+
+def windows_to_grid(x: torch.Tensor, num_units: Shape) -> torch.Tensor:
+    """Per-unit windows back to the spatial grid: ``[B, #MU, *mu, C]`` to ``[B, *G, C]`` with ``G = #MU_d * mu_d``
+    (units in raster order, e.g. what the MAE decoder sees after mask tokens fill the deleted units)."""
+    B, C, ndim = x.shape[0], x.shape[-1], len(num_units)
+    mu = x.shape[2:-1]
+    x = x.reshape(B, *num_units, *mu, C)  # [B, *#MU, *mu, C]
+    perm = [0] + [p for d in range(ndim) for p in (1 + d, 1 + ndim + d)] + [1 + 2 * ndim]
+    return x.permute(perm).reshape(B, *(n * m for n, m in zip(num_units, mu)), C)  # [B, *G, C]

@@ -1,0 +1,11 @@
+"""Run configuration: dataclass schemas, YAML presets and ``key=value`` overrides.
+
+Defaults (the dataclasses) <- a YAML preset (``presets/*.yaml`` by name, or a path) <- ``key=value`` overrides; the
+resolved config is written into the run folder so a run can always be repeated.
+"""
+
+from .schema import (DataConfig, OptimConfig, PretrainConfig, apply_overrides, from_dict, load_config,
+                     preset_names, to_dict)
+
+__all__ = ["DataConfig", "OptimConfig", "PretrainConfig", "apply_overrides", "from_dict", "load_config",
+           "preset_names", "to_dict"]

@@ -1,0 +1,142 @@
+"""Dataclass schemas of a run and the YAML + ``key=value`` layering on top of them."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESETS = Path(__file__).parent / "presets"
+
+
+@dataclass
+class DataConfig:
+    source: str = "fashion-mnist"  # "fashion-mnist" (the Debian package) or a folder of images / class subfolders
+    split: str = "train"  # for fashion-mnist: "train" (60,000) or "test" (10,000)
+    img_size: int = 32
+    crop_scale: tuple[float, float] = (0.2, 1.0)  # RandomResizedCrop scale, as MAE
+    hflip: bool = True
+    mean: tuple[float, ...] | None = None  # None: the dataset's own statistics (ImageNet's for folders)
+    std: tuple[float, ...] | None = None
+    limit: int | None = None  # use only the first N images (quick runs, tests)
+    num_workers: int = 2
+
+
+@dataclass
+class OptimConfig:
+    batch_size: int = 64  # per process and micro-batch; the effective batch is batch_size * accum_steps * world
+    accum_steps: int = 1
+    base_lr: float = 1.5e-4  # lr = base_lr * effective batch / 256 (MAE's rule)
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_epochs: float = 1.0
+    clip_grad: float | None = None
+
+
+@dataclass
+class PretrainConfig:
+    model: str = "mae_hiera_mini_32"
+    model_args: dict[str, Any] = field(default_factory=dict)  # constructor overrides on top of the registered config
+    mask_ratio: float | None = None  # None: the model's default (0.6 images, 0.9 video for Hiera; 0.75 for ViT)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    epochs: float = 1.0
+    max_steps: int | None = None  # stop early (the schedule still spans `epochs`)
+    seed: int = 0
+    out_dir: str = "runs/pretrain"
+    ckpt_every: int = 200  # optimizer steps between checkpoints (and one at the end)
+    keep_last: int = 2
+    log_every: int = 10
+    amp: str = "auto"  # "auto" (bf16 on CUDA, off on CPU), "bf16" or "off"
+    compile: bool = False
+    device: str = "auto"
+    recon_images: int = 8  # reconstructions written at the end of the run (0: none)
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    """Coerce a YAML value to the annotated type, with an error that names the key."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a mapping, got {value!r}")
+        return from_dict(tp, value, where + ".")
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        return _convert(next(a for a in args if a is not type(None)), value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where} must be a list, got {value!r}")
+        inner = typing.get_args(tp)[0]
+        return tuple(_convert(inner, v, where) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is float and not isinstance(value, bool):
+        try:  # also "1e-3", which YAML 1.1 reads as a string
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where} must be float, got {value!r}") from None
+    if tp in (int, str, bool) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ValueError(f"{where} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict; unknown keys are an error that lists the known ones."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown config key {prefix}{unknown[0]}; known: {', '.join(sorted(names))}")
+    return cls(**{k: _convert(hints[k], v, prefix + k) for k, v in data.items()})
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A dataclass as plain YAML-able data (tuples become lists)."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(cfg))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``["optim.base_lr=1e-3", "data.source=/imgs"]`` onto a nested dict; values are parsed as YAML."""
+    data = yaml.safe_load(yaml.safe_dump(data))  # a deep copy
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not key=value (e.g. optim.base_lr=1e-3)")
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {p} is not a section")
+        node[leaf] = yaml.safe_load(raw) if raw != "" else None
+    return data
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+def load_config(cls: type, preset: str | None, overrides: list[str]) -> Any:
+    """Defaults <- preset (a name from :func:`preset_names` or a YAML path) <- overrides."""
+    data: dict[str, Any] = {}
+    if preset:
+        path = Path(preset) if preset.endswith((".yaml", ".yml")) else PRESETS / f"{preset}.yaml"
+        if not path.exists():
+            raise ValueError(f"no preset {preset!r}: use one of {', '.join(preset_names())} or a .yaml path")
+        data = yaml.safe_load(path.read_text()) or {}
+    return from_dict(cls, apply_overrides(data, overrides))

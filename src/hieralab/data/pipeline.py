@@ -1,0 +1,108 @@
+"""From a data config to batches, reproducibly.
+
+Every random choice for a sample (its augmentation, its MAE mask) is drawn from a generator seeded by
+``(run seed, epoch, sample index)``, and the sampler's order by ``(run seed, epoch)``. So a batch depends only on the
+step it belongs to: not on the number of workers, not on the number of processes, and not on whether the run was
+resumed. That is what makes a resumed run reproduce the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from ..mae.masking import random_visible, seeded_generator
+from . import fashion_mnist
+from .images import ImageFiles
+
+log = logging.getLogger(__name__)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def build_dataset(source: str, split: str = "train", limit: int | None = None):
+    """``(dataset, mean, std, classes)`` for ``"fashion-mnist"`` or an image folder; ``limit`` keeps the first N."""
+    if source == "fashion-mnist":
+        ds, mean, std = fashion_mnist.FashionMNIST(split), fashion_mnist.MEAN, fashion_mnist.STD
+    else:
+        ds, mean, std = ImageFiles(source), IMAGENET_MEAN, IMAGENET_STD
+    classes = list(ds.classes)
+    if limit is not None:
+        ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
+    return ds, mean, std, classes
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """Wraps a ``(PIL image | None, label)`` dataset: indexed by ``(epoch, i)`` (see :class:`EpochSampler`), returns
+    ``{"x", "label"[, "visible"]}`` with the transform and the mask drawn from a ``(seed, epoch, i)`` generator, or
+    ``None`` for an unreadable image."""
+
+    def __init__(self, dataset, transform: Callable, *, seed: int, num_units: int | None = None,
+                 mask_ratio: float = 0.0):
+        self.dataset, self.transform, self.seed = dataset, transform, seed
+        self.num_units, self.mask_ratio = num_units, mask_ratio
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any] | None:
+        epoch, i = key
+        image, label = self.dataset[i]
+        if image is None:
+            return None
+        with torch.random.fork_rng(devices=[]):  # transforms v2 draw from the global generator
+            torch.manual_seed(hash((self.seed, epoch, i, 0)) & 0x7FFF_FFFF_FFFF_FFFF)
+            x = self.transform(image)
+        sample = {"x": x, "label": label}
+        if self.num_units:
+            g = seeded_generator(self.seed, epoch, i, 1)
+            sample["visible"] = random_visible(1, self.num_units, self.mask_ratio, generator=g)[0]  # [#MU]
+        return sample
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields ``(epoch, index)``: a permutation seeded by ``(seed, epoch)``, split across ``world`` processes
+    (dropping the remainder so every process gets the same count), starting at position ``start`` of this rank."""
+
+    def __init__(self, n: int, *, epoch: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1,
+                 start: int = 0):
+        self.n, self.epoch, self.seed, self.shuffle = n, epoch, seed, shuffle
+        self.rank, self.world, self.start = rank, world, start
+        self.per_rank = n // world
+
+    def indices(self) -> list[int]:
+        order = (torch.randperm(self.n, generator=seeded_generator(self.seed, self.epoch)) if self.shuffle
+                 else torch.arange(self.n))
+        return order[: self.per_rank * self.world][self.rank:: self.world].tolist()[self.start:]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter((self.epoch, i) for i in self.indices())
+
+    def __len__(self) -> int:
+        return max(0, self.per_rank - self.start)
+
+
+def collate(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+    """Stack samples, dropping unreadable ones; ``batch["skipped"]`` counts them (the batch may then be smaller)."""
+    good = [s for s in samples if s is not None]
+    batch: dict[str, Any] = {"skipped": len(samples) - len(good), "size": len(good)}
+    if good:
+        for key in good[0]:
+            batch[key] = torch.stack([torch.as_tensor(s[key]) for s in good])
+    return batch
+
+
+def steps_per_epoch(n: int, batch_size: int, accum_steps: int, world: int) -> int:
+    """Optimizer steps in one epoch (full micro-batches only)."""
+    micro = (n // world) // batch_size
+    if micro < accum_steps:
+        raise ValueError(f"{n} images make {micro} batches of {batch_size} per process, fewer than accum_steps="
+                         f"{accum_steps}; lower optim.batch_size or add data")
+    return micro // accum_steps
+
+
+def total_steps(epochs: float, per_epoch: int) -> int:
+    return max(1, math.ceil(epochs * per_epoch))

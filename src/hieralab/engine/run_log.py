@@ -1,0 +1,79 @@
+"""What a run writes as it goes: a CSV of metrics, TensorBoard events, and a loss-curve PNG at the end."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class RunLog:
+    """Appends rows to ``<run>/log.csv`` and scalars to ``<run>/tb``. On resume, rows after the resumed step are
+    dropped first, so the CSV reads as one uninterrupted run."""
+
+    def __init__(self, run_dir: Path, *, resume_step: int | None = None, tensorboard: bool = True):
+        self.path = run_dir / "log.csv"
+        self.fields: list[str] | None = None
+        if self.path.exists():
+            rows = list(csv.DictReader(self.path.open()))
+            keep = [r for r in rows if resume_step is not None and int(r["step"]) <= resume_step]
+            if rows:
+                self.fields = list(rows[0].keys())
+                with self.path.open("w", newline="") as f:
+                    w = csv.DictWriter(f, self.fields)
+                    w.writeheader()
+                    w.writerows(keep)
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
+            except ImportError:  # tensorboard is a dependency, but a run should not die for want of it
+                log.warning("tensorboard is not installed; writing log.csv only")
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.fields is None:
+            self.fields = list(row)
+            with self.path.open("w", newline="") as f:
+                csv.DictWriter(f, self.fields).writeheader()
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, self.fields).writerow({k: row.get(k) for k in self.fields})
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"train/{k}", v, row["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_curve(csv_path: Path, png_path: Path, *, y: str = "loss", title: str = "MAE pretraining") -> Path:
+    """Plot ``y`` against ``step`` from a run's ``log.csv`` (with the learning rate on a second axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(csv_path.open()))
+    steps = [int(r["step"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    ax.plot(steps, [float(r[y]) for r in rows], color="tab:blue", label=y)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(y)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if rows and "lr" in rows[0]:
+        ax2 = ax.twinx()
+        ax2.plot(steps, [float(r["lr"]) for r in rows], color="tab:orange", alpha=0.6, label="lr")
+        ax2.set_ylabel("learning rate", color="tab:orange")
+    fig.tight_layout()
+    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(png_path)
+    return png_path

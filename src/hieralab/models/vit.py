@@ -1,0 +1,273 @@
+"""The plain Vision Transformer encoder, as MAE pretrains and fine-tunes it.
+
+Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021; He et al., "Masked Autoencoders Are Scalable Vision
+Learners", CVPR 2022. Parameter names are those of timm's ``VisionTransformer`` (one class token, no registers), so
+its state dicts load directly, and the fp32 outputs match it; written here.
+
+Choices, on purpose:
+* the default position embedding is MAE's fixed 2-D sin-cos table (stored, not trained); ``"learned"`` is timm's;
+* pixels -> tokens (:meth:`VisionTransformer.embed`) and tokens -> features (:meth:`VisionTransformer.encode`) are
+  separate calls, so the MAE wrapper can drop the masked tokens in between;
+* any input whose sides are multiples of the patch size works: the table is resampled bicubically (without
+  antialiasing, as MAE's ``interpolate_pos_embed``; timm's dynamic-size path antialiases);
+* init as MAE: xavier-uniform linears and patch projection, zero linear biases, class token ~ N(0, 0.02).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..layers import Block, PatchEmbed
+from ..layers import pos_embed as pe
+
+
+def _pair(x: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(x, int):
+        return x, x
+    if len(x) != 2:
+        raise ValueError(f"img_size must be an int or (H, W), got {tuple(x)}")
+    return int(x[0]), int(x[1])
+
+
+class VisionTransformer(nn.Module):
+    """ViT on ``[B, C, H, W]`` images (sides multiples of ``patch_size``). The defaults are ViT-B/16 at 224 px.
+
+    ``forward_features`` returns ``[B, 1 + N, C]`` (class token first); ``forward_head`` pools it with the class
+    token (``global_pool="token"``, after the final ``norm``) or the mean of the patch tokens (``"avg"``, then
+    ``fc_norm``, as MAE fine-tuning and timm's ``global_pool='avg'``) and returns logits.
+    """
+
+    def __init__(
+        self,
+        *,
+        img_size: int | Sequence[int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        pos_embed: str = "sincos",
+        global_pool: str = "token",
+        drop_path_rate: float = 0.0,
+        head_dropout: float = 0.0,
+        norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        size = _pair(img_size)
+        if pos_embed not in ("sincos", "learned"):
+            raise ValueError(f"pos_embed must be 'sincos' (fixed, MAE) or 'learned', got {pos_embed!r}")
+        if global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        if any(s % patch_size or s <= 0 for s in size):
+            raise ValueError(f"img_size {size} must be positive multiples of patch_size {patch_size}")
+        # Plain data, so the config serialises into checkpoints (save_pretrained) and presets.
+        self.config: dict[str, Any] = dict(
+            img_size=img_size if isinstance(img_size, int) else list(size), patch_size=patch_size,
+            in_chans=in_chans, num_classes=num_classes, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+            mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, pos_embed=pos_embed, global_pool=global_pool,
+            drop_path_rate=drop_path_rate, head_dropout=head_dropout, norm_eps=norm_eps,
+        )
+
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.patch_size = patch_size
+        self.grid_size = (size[0] // patch_size, size[1] // patch_size)  # the token grid the table is stored for
+        self.embed_dim = self.num_features = embed_dim
+        self.num_prefix_tokens = 1
+        self.pos_embed_kind = pos_embed
+        self.global_pool = global_pool
+
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, (patch_size,) * 2, (patch_size,) * 2, (0, 0))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        if pos_embed == "sincos":
+            # MAE: a fixed table [1, 1 + N, C] whose class-token row is zero; a Parameter (not a buffer) so the
+            # state dict keeps the key `pos_embed` of timm and MAE checkpoints.
+            table = pe.sincos_2d(embed_dim, self.grid_size, class_token=True)
+            self.pos_embed = nn.Parameter(table, requires_grad=False)
+        else:
+            self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size[0] * self.grid_size[1], embed_dim))
+
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth, linear in depth
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr[i], norm_eps=norm_eps)
+            for i in range(depth)
+        )
+        # timm's layout: with average pooling the final norm moves after the pool (fc_norm) and `norm` is a no-op.
+        avg = global_pool == "avg"
+        self.norm = nn.Identity() if avg else nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if avg else nn.Identity()
+        self.head_drop = nn.Dropout(head_dropout) if head_dropout > 0 else nn.Identity()
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights()
+
+    # ---------------------------------------------------------------- init and bookkeeping
+    def _init_weights(self) -> None:
+        if self.pos_embed.requires_grad:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        w = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # MAE: the projection as a Linear over flattened patches
+        # (MAE leaves the patch projection's bias at PyTorch's default init; so do we.)
+        nn.init.normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token"}
+
+    @property
+    def num_layers(self) -> int:
+        """Layer ids run 0 (patch embed, class token, position embedding) .. depth + 1 (final norms and head)."""
+        return len(self.blocks) + 2
+
+    def layer_id(self, param_name: str) -> int:
+        """The layer a parameter belongs to, for layer-wise learning-rate decay."""
+        if param_name.startswith(("patch_embed", "cls_token", "pos_embed")):
+            return 0
+        if param_name.startswith("blocks."):
+            return int(param_name.split(".")[1]) + 1
+        return len(self.blocks) + 1
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write ``model.safetensors`` + ``config.json`` to ``directory`` (atomically)."""
+        from .checkpoint import save_pretrained
+
+        save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str, **overrides: Any) -> VisionTransformer:
+        """Rebuild a model written by :meth:`save_pretrained`."""
+        from .checkpoint import from_pretrained
+
+        return from_pretrained(directory, **overrides)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh head for ``num_classes`` (xavier, zero bias); 0 makes the model a feature extractor."""
+        self.num_classes = num_classes
+        self.config["num_classes"] = num_classes
+        if num_classes > 0:
+            self.head = nn.Linear(self.num_features, num_classes)
+            nn.init.xavier_uniform_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        else:
+            self.head = nn.Identity()
+
+    # ---------------------------------------------------------------- input geometry
+    def token_grid(self, x: torch.Tensor) -> tuple[int, int]:
+        """Check ``x`` and return its token grid ``(H', W')``; raises a one-line error that says which sizes work."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"VisionTransformer expects a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"this ViT takes [B, C, H, W] images; got a {x.dim()}-D tensor of shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}); "
+                             f"convert the input or build the model with in_chans={x.shape[1]}")
+        p = self.patch_size
+        bad = [(name, s) for name, s in zip("HW", x.shape[2:]) if s % p or s == 0]
+        if bad:
+            fixes = ", ".join(f"{name}={s} -> a multiple of {p} (e.g. {max(p, round(s / p) * p)})" for name, s in bad)
+            raise ValueError(f"input size {tuple(x.shape[2:])} is not a multiple of the patch size: {fixes}; "
+                             "resize or crop")
+        return x.shape[2] // p, x.shape[3] // p
+
+    def patch_pos_embed(self, grid: Sequence[int]) -> torch.Tensor:
+        """The patch rows of the position table for a token grid, ``[1, H', W', C]`` (resampled if not stored)."""
+        C = self.pos_embed.shape[-1]
+        table = self.pos_embed[:, 1:].reshape(1, *self.grid_size, C)  # [1, H0, W0, C]
+        return pe.resample_grid(table, grid)  # [1, H', W', C]
+
+    # ---------------------------------------------------------------- forward
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels ``[B, C_in, H, W]`` to patch tokens plus their position embedding, ``[B, N, C]`` in raster order
+        (``N = H' * W'``). The class token is not added here: :meth:`encode` prepends it."""
+        grid = self.token_grid(x)
+        x = self.patch_embed(x)  # [B, H', W', C]
+        x = x + self.patch_pos_embed(grid)  # [B, H', W', C]
+        return x.flatten(1, 2)  # [B, N, C]
+
+    def _prepend_class_token(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.dim() != 3 or tokens.shape[-1] != self.embed_dim:
+            raise ValueError(f"encode takes tokens [B, N, {self.embed_dim}] from embed(), got {tuple(tokens.shape)}")
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)  # [B, 1, C]
+        return torch.cat([cls, tokens], dim=1)  # [B, 1 + N, C]
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Run the transformer on any subset of tokens from :meth:`embed` (``[B, N', C]``, e.g. only the visible
+        ones in MAE): prepend the class token with its position row, apply the blocks and ``norm``: ``[B, 1+N', C]``.
+        """
+        x = self._prepend_class_token(tokens)  # [B, 1 + N', C]
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels ``[B, C_in, H, W]`` to tokens ``[B, 1 + N, C]``, class token first."""
+        return self.encode(self.embed(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool ``[B, 1 + N, C]`` from :meth:`forward_features` (class token or patch mean), classify:
+        ``[B, num_classes]`` logits, or the pooled ``[B, C]`` with ``pre_logits``."""
+        x = x[:, 1:].mean(dim=1) if self.global_pool == "avg" else x[:, 0]  # [B, C]
+        x = self.fc_norm(x)
+        return x if pre_logits else self.head(self.head_drop(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, num_classes]``."""
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        *,
+        norm: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Per-block patch-token maps (class token removed), as timm's ``forward_intermediates``.
+
+        Args:
+            indices: blocks to return (0-based, negative from the end), or an int ``n`` for the last ``n``; all by
+                default.
+            norm: apply the final ``norm`` to every returned map (as timm's ViT; a no-op with ``global_pool="avg"``).
+            output_fmt: ``"NCHW"`` (``[B, C, H', W']``), ``"NHWC"`` or ``"NLC"`` (``[B, N, C]``).
+        Returns:
+            the list of maps, or ``(forward_features(x) [B, 1 + N, C], maps)``.
+        """
+        if output_fmt not in ("NCHW", "NHWC", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW', 'NHWC' or 'NLC', got {output_fmt!r}")
+        n = len(self.blocks)
+        if indices is None:
+            take = list(range(n))
+        elif isinstance(indices, int):
+            take = list(range(n - indices, n))
+        else:
+            take = [i % n if -n <= i < n else -1 for i in indices]
+        if not take or any(not 0 <= i < n for i in take):
+            raise ValueError(f"indices must name blocks in 0..{n - 1} (or -{n}..-1), or count 1..{n}; got {indices}")
+        B = x.shape[0]
+        H, W = self.token_grid(x)
+        x = self._prepend_class_token(self.embed(x))  # [B, 1 + N, C]
+        found = {}
+        for i, block in enumerate(self.blocks[: (max(take) + 1) if intermediates_only else n]):
+            x = block(x)
+            if i in take:
+                y = (self.norm(x) if norm else x)[:, 1:]  # [B, N, C]
+                if output_fmt != "NLC":
+                    y = y.reshape(B, H, W, -1)  # [B, H', W', C]
+                found[i] = y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y  # [B, C, H', W']
+        maps = [found[i] for i in take]
+        return maps if intermediates_only else (self.norm(x), maps)

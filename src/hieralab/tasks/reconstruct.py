@@ -1,0 +1,129 @@
+"""``hieralab reconstruct``: what an MAE sees and what it fills in, as PNG pictures.
+
+Each picture is one image: original | masked input | reconstruction | reconstruction with the visible patches pasted
+back. The reconstruction is un-normalised with each patch's own mean and variance (the model predicts normalised
+pixels when trained with ``norm_pix_loss``), then with the dataset's mean and std.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.utils import make_grid, save_image
+
+from ..data.pipeline import build_dataset
+from ..data.transforms import eval_transform
+from ..mae import targets
+from ..models.checkpoint import from_pretrained
+
+
+@torch.no_grad()
+def reconstruction_panels(model: nn.Module, x: torch.Tensor, visible: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Normalised images ``[B, C, H, W]`` + mask ``[B, #MU]`` to four panels in the same (normalised) space."""
+    model.eval()
+    out = model(x, visible)
+    raw = model.target(x)  # [B, N, P] the input's own patches
+    pred = out.pred
+    if model.norm_pix_loss:  # back to the input's scale with each patch's statistics
+        _, mean, std = targets.normalize_patches(raw)
+        pred = pred * std + mean
+    shown = out.visible_patches[..., None].to(x.dtype)  # [B, N, 1]
+    fill = torch.zeros_like(raw)  # hidden patches shown as the dataset mean (0 after normalisation)
+    return {
+        "original": model.target_to_pixels(raw, x),
+        "masked": model.target_to_pixels(raw * shown + fill * (1 - shown), x),
+        "reconstruction": model.target_to_pixels(pred, x),
+        "pasted": model.target_to_pixels(raw * shown + pred * (1 - shown), x),
+    }
+
+
+def save_panels(panels: dict[str, torch.Tensor], mean: Sequence[float], std: Sequence[float], out_dir: Path,
+                names: Sequence[str]) -> list[Path]:
+    """One PNG per image (the four panels side by side, 4x upscaled for small images) plus ``overview.png``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    C = panels["original"].shape[1]
+    m = torch.tensor(mean[:C]).view(1, C, 1, 1)
+    s = torch.tensor(std[:C]).view(1, C, 1, 1)
+    pix = {k: (v * s + m).clamp(0, 1) for k, v in panels.items()}  # [B, C, H, W] in [0, 1]
+    scale = max(1, math.ceil(128 / pix["original"].shape[-1]))
+    if scale > 1:
+        pix = {k: v.repeat_interleave(scale, -1).repeat_interleave(scale, -2) for k, v in pix.items()}
+    paths = []
+    for i, name in enumerate(names):
+        row = torch.stack([pix[k][i] for k in ("original", "masked", "reconstruction", "pasted")])
+        path = out_dir / f"{name}.png"
+        save_image(make_grid(row, nrow=4, padding=2, pad_value=1.0), path)
+        paths.append(path)
+    grid = torch.stack([pix[k][i] for i in range(len(names)) for k in ("original", "masked", "reconstruction",
+                                                                         "pasted")])
+    save_image(make_grid(grid, nrow=4, padding=2, pad_value=1.0), out_dir / "overview.png")
+    return paths
+
+
+def reconstruct_dataset(model: nn.Module, source: str, split: str, out_dir: Path, img_size: int, *, num: int = 8,
+                        generator: torch.Generator | None = None, mask_ratio: float | None = None) -> list[Path]:
+    """Reconstruct the first ``num`` images of a dataset; returns the PNG paths (``out_dir/overview.png`` too)."""
+    dataset, mean, std, _ = build_dataset(source, split, num)
+    C = model.encoder.in_chans
+    transform = eval_transform(img_size, mean, std, channels=C)
+    xs, names = [], []
+    for i in range(len(dataset)):
+        image, _ = dataset[i]
+        if image is not None:
+            xs.append(transform(image))
+            names.append(f"recon_{i:03d}")
+    if not xs:
+        raise ValueError(f"no readable images in {source}")
+    device = next(model.parameters()).device
+    x = torch.stack(xs).to(device)
+    visible = model.random_visible(x, mask_ratio, generator=generator)
+    panels = {k: v.cpu() for k, v in reconstruction_panels(model, x, visible).items()}
+    return save_panels(panels, mean, std, out_dir, names)
+
+
+def load_mae(path: str | Path) -> tuple[nn.Module, dict]:
+    """An MAE from a pretraining run folder (its ``model/``, else its newest checkpoint) or a ``save_pretrained``
+    folder; also returns the run's config (empty if there is none)."""
+    path = Path(path)
+    cfg_file = path / "config.yaml"
+    run_cfg: dict = {}
+    if cfg_file.exists():
+        import yaml
+
+        run_cfg = yaml.safe_load(cfg_file.read_text()) or {}
+    if (path / "model" / "config.json").exists():
+        return from_pretrained(path / "model"), run_cfg
+    if (path / "config.json").exists():
+        return from_pretrained(path), run_cfg
+    from ..engine import checkpoints
+    from ..models.registry import create_model
+
+    last = checkpoints.latest(path / "checkpoints")
+    if last is None or not run_cfg:
+        raise FileNotFoundError(f"{path} is neither a pretraining run folder nor a save_pretrained folder")
+    model = create_model(run_cfg["model"], **run_cfg.get("model_args", {}))
+    checkpoints.load(last, model)
+    return model, run_cfg
+
+
+def run(path: str, *, images: str | None = None, split: str | None = None, num: int = 8, out: str | None = None,
+        seed: int = 0, mask_ratio: float | None = None, img_size: int | None = None) -> list[Path]:
+    model, run_cfg = load_mae(path)
+    if not getattr(model, "is_mae", False):
+        raise ValueError(f"{path} holds {type(model).__name__}, not an MAE model; reconstruct needs MAE weights")
+    data = run_cfg.get("data", {})
+    source = images or data.get("source", "fashion-mnist")
+    if split is None:
+        split = "test" if source == "fashion-mnist" else "train"
+    size = img_size or data.get("img_size") or model.encoder.stored_grid[-1] * model.encoder.patch_stride[-1]
+    out_dir = Path(out) if out else Path(path) / "reconstructions"
+    g = torch.Generator().manual_seed(seed)
+    paths = reconstruct_dataset(model, source, split, out_dir, size, num=num, generator=g, mask_ratio=mask_ratio)
+    (out_dir / "reconstructions.json").write_text(json.dumps({"source": source, "split": split, "seed": seed,
+                                                              "images": [p.name for p in paths]}, indent=2) + "\n")
+    return paths

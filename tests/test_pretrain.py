@@ -1,0 +1,223 @@
+"""The pretraining pipeline: config layering, schedule, data, exact resume (also after kill -9 mid-save), NaN stop,
+DDP, reconstructions and the CLI's errors. Tiny models on images the tests draw themselves."""
+
+import csv
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file
+
+from hieralab.cli import main
+from hieralab.config import PretrainConfig, from_dict, load_config, to_dict
+from hieralab.data.pipeline import EpochSampler
+from hieralab.engine import checkpoints
+from hieralab.engine.schedule import warmup_cosine
+from hieralab.tasks import pretrain
+
+TINY = ["model_args.embed_dim=16", "model_args.num_heads=1", "model_args.stages=[1,1,1]",
+        "model_args.decoder_embed_dim=32", "model_args.decoder_depth=1", "model_args.decoder_num_heads=2"]
+
+
+def draw_images(root: Path, n: int = 40) -> Path:
+    """``n`` drawn images (a box or a circle on a coloured ground) in two class folders."""
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        cls = root / ("circles" if i % 2 else "boxes")
+        cls.mkdir(parents=True, exist_ok=True)
+        img = Image.new("RGB", (40, 36), tuple(torch.randint(0, 255, (3,), generator=g).tolist()))
+        x0, y0 = torch.randint(0, 16, (2,), generator=g).tolist()
+        shape = ImageDraw.Draw(img).ellipse if i % 2 else ImageDraw.Draw(img).rectangle
+        shape([x0, y0, x0 + 18, y0 + 16], fill=(255, 255, 255))
+        img.save(cls / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """40 drawn images plus one corrupt file."""
+    root = draw_images(tmp_path_factory.mktemp("images"))
+    (root / "boxes" / "broken.png").write_bytes(b"\x89PNG not really")
+    return root
+
+
+@pytest.fixture(scope="module")
+def clean_images(tmp_path_factory) -> Path:
+    return draw_images(tmp_path_factory.mktemp("clean"))
+
+
+def args(out: Path, images: Path, *extra: str) -> list[str]:
+    return [f"data.source={images}", "data.num_workers=0", "optim.batch_size=8", f"out_dir={out}", "log_every=1",
+            "optim.base_lr=1e-2", "optim.warmup_epochs=0.4", "recon_images=2", "epochs=2", *TINY, *extra]
+
+
+PRESET = "mae_hiera_fmnist"  # what the CLI uses by default, so library and CLI runs are the same runs
+
+
+def run(overrides: list[str], resume: bool = False) -> dict:
+    return pretrain.run(load_config(PretrainConfig, PRESET, overrides), resume=resume)
+
+
+def losses(run_dir: Path) -> list[tuple[int, float]]:
+    return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader((run_dir / "log.csv").open())]
+
+
+# ---------------------------------------------------------------- config and schedule
+def test_config_layers_and_round_trips(tmp_path):
+    cfg = load_config(PretrainConfig, "mae_hiera_fmnist", ["optim.base_lr=1e-3", "data.crop_scale=[0.5,1]"])
+    assert cfg.optim.base_lr == 1e-3 and cfg.data.crop_scale == (0.5, 1.0) and cfg.model == "mae_hiera_mini_32"
+    assert from_dict(PretrainConfig, to_dict(cfg)) == cfg
+    for bad, msg in [(["optim.nope=1"], "unknown config key optim.nope"), (["epochs=abc"], "epochs must be float"),
+                     (["novalue"], "not key=value")]:
+        with pytest.raises(ValueError, match=msg):
+            load_config(PretrainConfig, None, bad)
+
+
+def test_warmup_cosine_schedule():
+    lrs = [warmup_cosine(s, lr=1.0, total_steps=100, warmup_steps=10, min_lr=0.1) for s in range(101)]
+    assert lrs[0] == 0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
+    assert lrs[55] == pytest.approx(0.55) and lrs[100] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_sampler_splits_an_epoch_across_processes_and_resumes_mid_epoch():
+    one = EpochSampler(20, epoch=3, seed=1).indices()
+    assert sorted(one) == list(range(20)) and one != list(range(20))
+    ranks = [EpochSampler(20, epoch=3, seed=1, rank=r, world=2).indices() for r in range(2)]
+    assert sorted(ranks[0] + ranks[1]) == list(range(20)) and ranks[0][:2] + ranks[1][:2] != one[:4]
+    assert EpochSampler(20, epoch=3, seed=1, start=6).indices() == one[6:]
+    assert EpochSampler(20, epoch=4, seed=1).indices() != one
+
+
+# ---------------------------------------------------------------- runs
+def test_pretrain_writes_everything_and_skips_corrupt_images(tmp_path, images):
+    summary = run(args(tmp_path / "r", images))
+    r = tmp_path / "r"
+    assert summary["steps"] == 10  # 41 files, 40 readable; 41 // 8 = 5 steps per epoch, 2 epochs
+    assert summary["skipped_images"] >= 1  # broken.png, counted every time it is drawn
+    steps = losses(r)
+    assert [s for s, _ in steps] == list(range(1, 11))
+    assert steps[-1][1] < steps[0][1]  # it learns something
+    for f in ("config.yaml", "log.csv", "loss_curve.png", "summary.json", "model/model.safetensors",
+              "encoder/config.json", "reconstructions/overview.png"):
+        assert (r / f).exists(), f
+    assert any((r / "tb").iterdir())
+    assert checkpoints.list_steps(r / "checkpoints") == [10]  # keep_last=2 but ckpt_every=200: only the final one
+    resolved = load_config(PretrainConfig, str(r / "config.yaml"), [])
+    assert resolved == load_config(PretrainConfig, PRESET, args(r, images))
+    with pytest.raises(ValueError, match="--resume"):  # nothing already written is touched
+        run(args(r, images))
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path, images):
+    run(args(tmp_path / "full", images, "ckpt_every=3"))
+    run(args(tmp_path / "cut", images, "ckpt_every=3", "max_steps=4"))
+    assert checkpoints.list_steps(tmp_path / "cut" / "checkpoints") == [3, 4]
+    run(args(tmp_path / "cut", images, "ckpt_every=3"), resume=True)
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+    a, b = (load_file(str(tmp_path / d / "model" / "model.safetensors")) for d in ("full", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import hieralab.engine.checkpoints as ck
+    from hieralab.config import PretrainConfig, load_config
+    from hieralab.tasks import pretrain
+
+    real = ck.save_file
+    def save_then_die(tensors, path, *a, **k):
+        if "step-0000006" in path:  # half-way through writing the step-6 checkpoint
+            with open(path, "wb") as f:
+                f.write(b"half a file")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(tensors, path, *a, **k)
+    ck.save_file = save_then_die
+    pretrain.run(load_config(PretrainConfig, "mae_hiera_fmnist", sys.argv[1:]))
+""")
+
+
+def test_kill_9_during_a_save_loses_nothing(tmp_path, images):
+    run(args(tmp_path / "full", images, "ckpt_every=3"))
+    cut = tmp_path / "cut"
+    proc = subprocess.run([sys.executable, "-c", KILLER, *args(cut, images, "ckpt_every=3")], capture_output=True)
+    assert proc.returncode == -9
+    assert checkpoints.list_steps(cut / "checkpoints") == [3]  # the half-written step 6 is not a checkpoint
+    assert any(p.name.startswith(".step-0000006") for p in (cut / "checkpoints").iterdir())
+    run(args(cut, images, "ckpt_every=3"), resume=True)
+    assert losses(cut) == losses(tmp_path / "full")
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, images, monkeypatch):
+    from hieralab.mae import MaskedAutoencoderHiera
+
+    calls = {"n": 0}
+    real = MaskedAutoencoderHiera.forward_loss
+
+    def poisoned(self, x, pred, visible_patches):
+        calls["n"] += 1
+        loss, target = real(self, x, pred, visible_patches)
+        return (loss * float("nan"), target) if calls["n"] == 5 else (loss, target)
+
+    monkeypatch.setattr(MaskedAutoencoderHiera, "forward_loss", poisoned)
+    with pytest.raises(pretrain.NonFiniteLossError, match="step 4.*last good checkpoint is .*step-0000004"):
+        run(args(tmp_path / "r", images, "ckpt_every=2"))
+    ckpt = checkpoints.latest(tmp_path / "r" / "checkpoints")
+    assert ckpt.name == "step-0000004"  # written after 4 good steps; the 5th step's NaN never reached the weights
+    model = pretrain.build_model(load_config(PretrainConfig, None, args(tmp_path, images)))
+    checkpoints.load(ckpt, model)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_gradient_accumulation_matches_a_larger_batch(tmp_path, images):
+    run(args(tmp_path / "big", images, "optim.batch_size=8", "max_steps=3"))
+    run(args(tmp_path / "acc", images, "optim.batch_size=4", "optim.accum_steps=2", "max_steps=3"))
+    for (_, a), (_, b) in zip(losses(tmp_path / "big"), losses(tmp_path / "acc")):
+        assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_two_process_ddp_matches_one_process(tmp_path, clean_images):
+    images = clean_images  # a skipped image would weigh differently in a 7-image batch and in 3 + 4 across ranks
+    run(args(tmp_path / "one", images, "optim.batch_size=8", "max_steps=3"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hieralab.cli",
+         "pretrain", *args(tmp_path / "two", images, "optim.batch_size=4", "max_steps=3")],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for (_, a), (_, b) in zip(losses(tmp_path / "one"), losses(tmp_path / "two")):
+        assert a == pytest.approx(b, rel=1e-4)
+    assert (tmp_path / "two" / "model" / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------- CLI
+def test_cli_pretrain_and_reconstruct(tmp_path, images, capsys):
+    out = tmp_path / "r"
+    assert main(["pretrain", "--preset", "mae_hiera_fmnist", *args(out, images, "max_steps=2")]) == 0
+    assert "final loss" in capsys.readouterr().out
+    assert main(["reconstruct", str(out), "--num", "3", "--out", str(tmp_path / "pics")]) == 0
+    pics = sorted((tmp_path / "pics").glob("recon_*.png"))
+    assert len(pics) == 3
+    w, h = Image.open(pics[0]).size
+    assert w > 3 * h  # four panels side by side
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.source={empty}"], "no images in"),
+    (["data.source=/no/such/folder"], "does not exist"),
+    (["data.img_size=30"], "does not divide into mask units"),
+    (["model=hiera_mini_32"], "not an MAE model"),
+    (["model=mae_nope"], "unknown model"),
+])
+def test_cli_errors_are_one_line(tmp_path, images, capsys, overrides, message):
+    (tmp_path / "empty").mkdir()
+    overrides = [o.format(empty=tmp_path / "empty") for o in overrides]
+    base = [o for o in args(tmp_path / "r", images) if not o.startswith(tuple(x.split("=")[0] for x in overrides))]
+    assert main(["pretrain", *base, *overrides]) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
