@@ -169,7 +169,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, images, mon
         run(args(tmp_path / "r", images, "ckpt_every=2"))
     ckpt = checkpoints.latest(tmp_path / "r" / "checkpoints")
     assert ckpt.name == "step-0000004"  # written after 4 good steps; the 5th step's NaN never reached the weights
-    model = pretrain.build_model(load_config(PretrainConfig, None, args(tmp_path, images)))
+    model = pretrain.build_model(load_config(PretrainConfig, PRESET, args(tmp_path, images)))
     checkpoints.load(ckpt, model)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 

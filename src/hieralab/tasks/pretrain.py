@@ -115,9 +115,10 @@ def run(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
     warmup = round(o.warmup_epochs * per_epoch)
     optimizer = build_adamw(model, lr=lr, weight_decay=o.weight_decay, betas=o.betas)
 
-    step = 0
+    step, loss_value = 0, float("nan")
     if resume and last is not None:
-        step = checkpoints.load(last, model, optimizer)["step"]
+        state = checkpoints.load(last, model, optimizer)
+        step, loss_value = state["step"], state.get("loss", loss_value)
         log.info("resuming from %s (step %d of %d)", last, step, stop)
     elif resume:
         log.info("no checkpoint in %s: starting from scratch", ckpt_dir)
@@ -138,7 +139,6 @@ def run(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
              cfg.model, len(dataset), per_epoch, stop, lr, o.batch_size, o.accum_steps, dist.world, mask_ratio)
     model.train()
     start_time, start_step, skipped_total = time.perf_counter(), step, 0
-    loss_value = float("nan")
     try:
         while step < stop:
             epoch, in_epoch = divmod(step, per_epoch)
