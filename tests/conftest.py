@@ -25,6 +25,13 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+@pytest.fixture
+def official_on_meta(monkeypatch):
+    """Lets the official constructors run under ``torch.device("meta")``: they call ``.item()`` on a linspace."""
+    linspace = torch.linspace
+    monkeypatch.setattr(torch, "linspace", lambda *a, **k: linspace(*a, **{**k, "device": "cpu"}))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -10,12 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models.checkpoint import PretrainedMixin
 from . import targets
 from .masking import random_visible
 from .output import MAEOutput
 
 
-class MAEBase(nn.Module):
+class MAEBase(PretrainedMixin, nn.Module):
     is_mae = True
     encoder: nn.Module
     mask_ratio: float
@@ -66,9 +67,3 @@ class MAEBase(nn.Module):
     def no_weight_decay(self) -> set[str]:
         own = {n for n, _ in self.named_parameters() if n in ("mask_token", "decoder_pos_embed")}
         return {f"encoder.{n}" for n in self.encoder.no_weight_decay()} | own
-
-    def save_pretrained(self, directory: str) -> None:
-        """Write ``model.safetensors`` + ``config.json`` (see ``models/checkpoint.py``)."""
-        from ..models.checkpoint import save_pretrained
-
-        save_pretrained(self, directory)

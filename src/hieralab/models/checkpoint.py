@@ -233,3 +233,36 @@ def from_pretrained(directory: str | os.PathLike, **overrides: Any) -> nn.Module
     sd = load_file(str(directory / WEIGHTS_NAME))
     model.load_state_dict(adapt_state_dict(model, sd), strict="num_classes" not in overrides)
     return model
+
+
+class PretrainedMixin:
+    """``save_pretrained`` / ``from_pretrained`` and layer ids for layer-wise lr decay, shared by every model here.
+
+    A model lists its embedding parameters (layer 0) in ``embed_params``; ``blocks.i`` is layer ``i + 1`` and
+    everything else (final norms, head) layer ``depth + 1``.
+    """
+
+    embed_params: tuple[str, ...] = ("patch_embed", "pos_embed")
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``model.safetensors`` + ``config.json`` to ``directory`` (atomically)."""
+        save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> nn.Module:
+        """Rebuild a model written by :meth:`save_pretrained`."""
+        return from_pretrained(directory, **overrides)
+
+    @property
+    def num_layers(self) -> int:
+        """Layer ids run 0 (embeddings) .. depth + 1 (final norms and head)."""
+        return len(self.blocks) + 2
+
+    def layer_id(self, param_name: str) -> int:
+        """The layer a parameter belongs to, for layer-wise learning-rate decay."""
+        if param_name.startswith(self.embed_params):
+            return 0
+        if param_name.startswith("blocks."):
+            return int(param_name.split(".")[1]) + 1
+        return len(self.blocks) + 1
+

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..layers import ClassifierHead, DropPath, MaskUnitAttention, Mlp, PatchEmbed
 from ..layers import pos_embed as pe
+from .checkpoint import PretrainedMixin
 from .layout import reroll, units_to_windows, unroll
 
 
@@ -92,7 +93,7 @@ def _ints(x: Sequence[int] | int, n: int) -> tuple[int, ...]:
     return tuple(x) if isinstance(x, Sequence) else (x,) * n
 
 
-class Hiera(nn.Module):
+class Hiera(PretrainedMixin, nn.Module):
     """Hiera for images (``input_size=(H, W)``) and video (``input_size=(T, H, W)``).
 
     Inputs are ``[B, C, H, W]`` or ``[B, C, T, H, W]`` pixels; any size whose token grid divides into mask units
@@ -215,32 +216,6 @@ class Hiera(nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return {n for n, _ in self.named_parameters() if n.startswith("pos_embed")}
-
-    @property
-    def num_layers(self) -> int:
-        """Layer ids run 0 (patch embed, position embedding) .. depth + 1 (final norm and head)."""
-        return len(self.blocks) + 2
-
-    def layer_id(self, param_name: str) -> int:
-        """The layer a parameter belongs to, for layer-wise learning-rate decay."""
-        if param_name.startswith(("patch_embed", "pos_embed")):
-            return 0
-        if param_name.startswith("blocks."):
-            return int(param_name.split(".")[1]) + 1
-        return len(self.blocks) + 1
-
-    def save_pretrained(self, directory: str) -> None:
-        """Write ``model.safetensors`` + ``config.json`` to ``directory`` (atomically)."""
-        from .checkpoint import save_pretrained
-
-        save_pretrained(self, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str, **overrides: Any) -> Hiera:
-        """Rebuild a model written by :meth:`save_pretrained`."""
-        from .checkpoint import from_pretrained
-
-        return from_pretrained(directory, **overrides)
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes

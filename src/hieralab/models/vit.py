@@ -23,6 +23,7 @@ from torch import nn
 
 from ..layers import Block, PatchEmbed
 from ..layers import pos_embed as pe
+from .checkpoint import PretrainedMixin
 
 
 def _pair(x: int | Sequence[int]) -> tuple[int, int]:
@@ -33,13 +34,15 @@ def _pair(x: int | Sequence[int]) -> tuple[int, int]:
     return int(x[0]), int(x[1])
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(PretrainedMixin, nn.Module):
     """ViT on ``[B, C, H, W]`` images (sides multiples of ``patch_size``). The defaults are ViT-B/16 at 224 px.
 
     ``forward_features`` returns ``[B, 1 + N, C]`` (class token first); ``forward_head`` pools it with the class
     token (``global_pool="token"``, after the final ``norm``) or the mean of the patch tokens (``"avg"``, then
     ``fc_norm``, as MAE fine-tuning and timm's ``global_pool='avg'``) and returns logits.
     """
+
+    embed_params = ("patch_embed", "cls_token", "pos_embed")  # layer 0 for layer-wise lr decay
 
     def __init__(
         self,
@@ -127,32 +130,6 @@ class VisionTransformer(nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}
-
-    @property
-    def num_layers(self) -> int:
-        """Layer ids run 0 (patch embed, class token, position embedding) .. depth + 1 (final norms and head)."""
-        return len(self.blocks) + 2
-
-    def layer_id(self, param_name: str) -> int:
-        """The layer a parameter belongs to, for layer-wise learning-rate decay."""
-        if param_name.startswith(("patch_embed", "cls_token", "pos_embed")):
-            return 0
-        if param_name.startswith("blocks."):
-            return int(param_name.split(".")[1]) + 1
-        return len(self.blocks) + 1
-
-    def save_pretrained(self, directory: str) -> None:
-        """Write ``model.safetensors`` + ``config.json`` to ``directory`` (atomically)."""
-        from .checkpoint import save_pretrained
-
-        save_pretrained(self, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str, **overrides: Any) -> VisionTransformer:
-        """Rebuild a model written by :meth:`save_pretrained`."""
-        from .checkpoint import from_pretrained
-
-        return from_pretrained(directory, **overrides)
 
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh head for ``num_classes`` (xavier, zero bias); 0 makes the model a feature extractor."""

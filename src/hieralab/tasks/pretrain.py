@@ -56,12 +56,10 @@ def autocast(device: torch.device, amp: str):
     return contextlib.nullcontext()
 
 
-def input_size(model: nn.Module, img_size: int) -> tuple[int, ...]:
-    """``[C, H, W]`` the model takes at ``img_size`` (checked against its mask-unit grid)."""
-    enc = model.encoder
-    shape = (enc.in_chans, img_size, img_size)
-    model.num_units(torch.empty(1, *shape, device="meta"))  # raises a one-line error for sizes that do not divide
-    return shape
+def input_geometry(model: nn.Module, img_size: int) -> tuple[tuple[int, ...], int]:
+    """``([C, H, W], #MU)`` of the model's input at ``img_size``; a one-line error for sizes that do not divide."""
+    shape = (model.encoder.in_chans, img_size, img_size)
+    return shape, math.prod(model.num_units(torch.empty(1, *shape, device="meta")))
 
 
 def build_model(cfg: PretrainConfig) -> nn.Module:
@@ -101,11 +99,10 @@ def run(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)  # the initial weights
     model = build_model(cfg).to(device)
     mask_ratio = model.mask_ratio if cfg.mask_ratio is None else cfg.mask_ratio
-    shape = input_size(model, cfg.data.img_size)
+    shape, num_units = input_geometry(model, cfg.data.img_size)
     dataset, mean, std, _ = build_dataset(cfg.data.source, cfg.data.split, cfg.data.limit)
     transform = mae_train_transform(cfg.data.img_size, cfg.data.mean or mean, cfg.data.std or std,
                                     scale=cfg.data.crop_scale, hflip=cfg.data.hflip, channels=shape[0])
-    num_units = math.prod(model.num_units(torch.empty(1, *shape, device="meta")))
     samples = SeededSamples(dataset, transform, seed=cfg.seed, num_units=num_units, mask_ratio=mask_ratio)
     o = cfg.optim
     per_epoch = steps_per_epoch(len(dataset), o.batch_size, o.accum_steps, dist.world)
