@@ -151,3 +151,30 @@ def test_invalid_constructor_arguments():
         hieralab.Hiera(mask_unit_size=(4, 4))
     with pytest.raises(ValueError, match="q_pool"):
         hieralab.Hiera(q_pool=4)
+
+
+def test_mlp_training_path_recomputes_gelu_with_the_same_gradients():
+    from hieralab.layers.mlp import Mlp, _GeluLinear
+
+    h = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_GeluLinear.apply, (h, w, b))
+
+    mlp = Mlp(8, 32)
+    x = torch.randn(4, 6, 8, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        out = mlp(x)
+    assert sum(s == (4, 6, 32) for s in saved) == 1  # only fc1's output is kept, not GELU's as well
+    out.square().sum().backward()
+    fast = [t.grad.clone() for t in (x, *mlp.parameters())]
+    for t in (x, *mlp.parameters()):
+        t.grad = None
+    mlp.fc2(mlp.act(mlp.fc1(x))).square().sum().backward()
+    for a, b_ in zip(fast, (x, *mlp.parameters())):
+        torch.testing.assert_close(a, b_.grad, rtol=1e-6, atol=1e-7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the bf16 path keeps fp32 parameter gradients
+        out = mlp(x)
+    out.float().sum().backward()
+    assert out.dtype == torch.bfloat16 and all(p.grad.dtype == torch.float32 for p in mlp.parameters())
