@@ -50,18 +50,20 @@ class Attention(nn.Module):
     Parameter names (``qkv``, ``proj``) match timm, the MAE code and the official Hiera decoder.
     """
 
-    def __init__(self, dim: int, heads: int, *, qkv_bias: bool = True, dim_out: int | None = None):
+    def __init__(self, dim: int, heads: int, *, qkv_bias: bool = True, dim_out: int | None = None,
+                 scale: float | None = None):
         super().__init__()
         dim_out = dim_out or dim
         if dim_out % heads:
             raise ValueError(f"attention width {dim_out} is not divisible by {heads} heads")
         self.heads = heads
         self.head_dim = dim_out // heads
+        self.scale = scale  # None: head_dim ** -0.5
         self.qkv = nn.Linear(dim, 3 * dim_out, bias=qkv_bias)
         self.proj = nn.Linear(dim_out, dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape  # [B, N, C]
         q, k, v = self.qkv(x).view(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # [B, h, N, d]
-        x = F.scaled_dot_product_attention(q, k, v)  # [B, h, N, d]
+        x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # [B, h, N, d]
         return self.proj(x.transpose(1, 2).reshape(B, N, -1))  # [B, N, C_out]

@@ -21,12 +21,13 @@ class Block(nn.Module):
         *,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
+        qk_scale: float | None = None,
         drop_path: float = 0.0,
         norm_eps: float = 1e-6,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, heads, qkv_bias=qkv_bias)
+        self.attn = Attention(dim, heads, qkv_bias=qkv_bias, scale=qk_scale)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()

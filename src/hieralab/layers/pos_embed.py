@@ -57,6 +57,16 @@ def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
     return torch.cat([out.sin(), out.cos()], dim=1)  # [N, dim]
 
 
+def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
+    """The Transformer's 1-D table ``[1, num_positions, dim]`` with sines and cosines interleaved: column ``2i`` is
+    ``sin(p / 10000 ** (2i / dim))``, column ``2i + 1`` the cosine of the same angle (T2T-ViT's fixed table; position
+    0 is its class token). Computed in float64, as the official numpy code, then rounded to float32."""
+    angle = torch.arange(num_positions, dtype=torch.float64)[:, None] / 10000 ** (
+        2 * (torch.arange(dim) // 2).double() / dim)  # [N, dim]
+    table = torch.where(torch.arange(dim) % 2 == 0, angle.sin(), angle.cos())
+    return table.float()[None]
+
+
 def sincos_2d(dim: int, grid: Sequence[int], *, class_token: bool = False) -> torch.Tensor:
     """Fixed 2-D sin-cos embedding ``[1, (1 +) H*W, dim]`` in raster order, as MAE: the first half encodes the
     column (w) coordinate, the second half the row (h); an optional all-zero row for the class token first."""

@@ -1,10 +1,12 @@
-"""Reading and writing weights: official Hiera, timm, HF transformers and our own safetensors + JSON config.
+"""Reading and writing weights: official Hiera and T2T-ViT, timm, HF transformers and our own safetensors + JSON.
 
 Nothing here unpickles arbitrary objects: ``.pth`` files go through ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import logging
 import os
@@ -61,7 +63,15 @@ def _from_transformers(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
+def _from_t2t(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """yitu-opensource/T2T-ViT: the Performer T2T layers keep their MLP as ``nn.Sequential`` (``mlp.0``, ``mlp.2``)."""
+    return {re.sub(r"^(tokens_to_token\.attention\d\.mlp)\.([02])\.",
+                   lambda m: f"{m[1]}.{'fc1' if m[2] == '0' else 'fc2'}.", k): v for k, v in sd.items()}
+
+
 def _detect(sd: Mapping[str, torch.Tensor]) -> tuple[str, Callable[[Mapping[str, torch.Tensor]], dict]]:
+    if any(k.startswith("tokens_to_token.") for k in sd):
+        return "t2t", _from_t2t
     if any(".stages." in k or k.startswith(("hiera.", "embeddings.")) for k in sd):
         return "transformers", _from_transformers
     if any(k.startswith(("head.fc.", "head.norm.")) for k in sd):
@@ -84,8 +94,11 @@ def to_hieralab_keys(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, tor
 
 # ---------------------------------------------------------------- reading files
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors from a ``.safetensors`` file, a ``save_pretrained`` folder or a ``.pth``/``.pt``/``.bin`` file
-    (official ``{"model_state": ...}``, timm's ``{"state_dict": ...}``/plain dicts), never unpickling objects."""
+    """Tensors from a ``.safetensors`` file, a ``save_pretrained`` folder or a ``.pth``/``.pt``/``.bin``/``.pth.tar``
+    file (official Hiera ``{"model_state": ...}``, timm training checkpoints ``{"state_dict": ..., "state_dict_ema":
+    ..., "args": Namespace}`` -- the EMA weights when present, as timm's ``load_checkpoint`` --, plain dicts), never
+    unpickling objects other than tensors, containers and ``argparse.Namespace``; a DDP ``module.`` prefix is
+    removed."""
     path = Path(path)
     if path.is_dir():
         path = path / WEIGHTS_NAME
@@ -93,28 +106,35 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"no checkpoint at {path}")
     if path.suffix == ".safetensors":
         return load_file(str(path))
+    safe_globals = getattr(torch.serialization, "safe_globals", None)  # timm checkpoints keep their argparse args
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with safe_globals([argparse.Namespace]) if safe_globals else contextlib.nullcontext():
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle of arbitrary objects, or not a torch file at all
         raise ValueError(f"{path} is not a weights-only torch checkpoint ({type(e).__name__}); re-save it as a plain "
                          "state dict or as .safetensors") from None
-    for key in ("model_state", "model", "state_dict"):
+    for key in ("model_state", "model", "state_dict_ema", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
             break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} holds no state dict of tensors")
-    return dict(obj)
+    return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
 # ---------------------------------------------------------------- loading into a model
 def _guess_models(sd: Mapping[str, torch.Tensor]) -> list[str]:
     from .registry import list_models, model_config
 
+    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    if "tokens_to_token.project.weight" in sd:  # T2T-ViT: width, depth and the T2T layer kind
+        width = sd["tokens_to_token.project.weight"].shape[0]
+        kind = "performer" if "tokens_to_token.attention1.w" in sd else "transformer"
+        return [name for name in list_models("t2t_vit_*") if (cfg := model_config(name)).get("embed_dim") == width
+                and cfg.get("depth") == depth and cfg.get("tokens_type") == kind]
     w = sd.get("patch_embed.proj.weight")
     if w is None:
         return []
-    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
     names = []
     for name in list_models():
         if name.startswith("mae_"):  # an encoder checkpoint: name encoders
@@ -131,6 +151,10 @@ def adapt_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> dict[s
     head trained for another class count; anything else that does not fit is an error naming the right config."""
     own = model.state_dict()
     sd = dict(sd)
+    if (hasattr(model, "adapt_pos_embed") and "pos_embed" in sd and sd["pos_embed"].shape != own["pos_embed"].shape
+            and sd["pos_embed"].shape[-1] == own["pos_embed"].shape[-1]):
+        sd["pos_embed"] = model.adapt_pos_embed(sd["pos_embed"])  # ViT / T2T-ViT: stored for another input size
+        log.info("checkpoint: resampled pos_embed to %s tokens", model.grid_size)
     if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape \
             and getattr(model, "pos_embed_kind", "absolute") == "absolute" and sd["pos_embed"].dim() == 3:
         src, dst, C = sd["pos_embed"].shape[1], own["pos_embed"].shape[1], own["pos_embed"].shape[2]

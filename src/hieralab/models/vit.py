@@ -34,72 +34,63 @@ def _pair(x: int | Sequence[int]) -> tuple[int, int]:
     return int(x[0]), int(x[1])
 
 
-class VisionTransformer(PretrainedMixin, nn.Module):
-    """ViT on ``[B, C, H, W]`` images (sides multiples of ``patch_size``). The defaults are ViT-B/16 at 224 px.
+class ViTBackbone(PretrainedMixin, nn.Module):
+    """What every ViT here shares after its tokenizer: a class token, an absolute position table ``[1, 1 + N, C]``
+    (class row first), pre-norm blocks, a final norm and a head. Subclasses build the tokenizer and define
+    :meth:`token_grid` (checks the input, returns ``(H', W')``) and :meth:`tokenize` (pixels -> ``[B, H', W', C]``).
 
     ``forward_features`` returns ``[B, 1 + N, C]`` (class token first); ``forward_head`` pools it with the class
     token (``global_pool="token"``, after the final ``norm``) or the mean of the patch tokens (``"avg"``, then
     ``fc_norm``, as MAE fine-tuning and timm's ``global_pool='avg'``) and returns logits.
     """
 
-    embed_params = ("patch_embed", "cls_token", "pos_embed")  # layer 0 for layer-wise lr decay
-
     def __init__(
         self,
         *,
-        img_size: int | Sequence[int] = 224,
-        patch_size: int = 16,
-        in_chans: int = 3,
-        num_classes: int = 1000,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        pos_embed: str = "sincos",
-        global_pool: str = "token",
-        drop_path_rate: float = 0.0,
-        head_dropout: float = 0.0,
-        norm_eps: float = 1e-6,
+        grid_size: tuple[int, int],
+        in_chans: int,
+        num_classes: int,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        qk_scale: float | None = None,
+        pos_embed: str,
+        global_pool: str,
+        drop_path_rate: float,
+        head_dropout: float,
+        norm_eps: float,
     ):
         super().__init__()
-        size = _pair(img_size)
-        if pos_embed not in ("sincos", "learned"):
-            raise ValueError(f"pos_embed must be 'sincos' (fixed, MAE) or 'learned', got {pos_embed!r}")
+        if pos_embed not in ("sincos", "sinusoid", "learned"):
+            raise ValueError(f"pos_embed must be 'sincos' (fixed 2-D, MAE), 'sinusoid' (fixed 1-D, T2T-ViT) or "
+                             f"'learned', got {pos_embed!r}")
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
-        if any(s % patch_size or s <= 0 for s in size):
-            raise ValueError(f"img_size {size} must be positive multiples of patch_size {patch_size}")
-        # Plain data, so the config serialises into checkpoints (save_pretrained) and presets.
-        self.config: dict[str, Any] = dict(
-            img_size=img_size if isinstance(img_size, int) else list(size), patch_size=patch_size,
-            in_chans=in_chans, num_classes=num_classes, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-            mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, pos_embed=pos_embed, global_pool=global_pool,
-            drop_path_rate=drop_path_rate, head_dropout=head_dropout, norm_eps=norm_eps,
-        )
-
         self.in_chans = in_chans
         self.num_classes = num_classes
-        self.patch_size = patch_size
-        self.grid_size = (size[0] // patch_size, size[1] // patch_size)  # the token grid the table is stored for
+        self.grid_size = grid_size  # the token grid the table is stored for
         self.embed_dim = self.num_features = embed_dim
         self.num_prefix_tokens = 1
         self.pos_embed_kind = pos_embed
         self.global_pool = global_pool
 
-        self.patch_embed = PatchEmbed(in_chans, embed_dim, (patch_size,) * 2, (patch_size,) * 2, (0, 0))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        num_tokens = 1 + grid_size[0] * grid_size[1]
+        # Fixed tables are frozen Parameters (not buffers) so that state dicts keep the key `pos_embed` of the
+        # timm, MAE and T2T-ViT checkpoints; the 2-D one has a zero class row, the 1-D one gives it position 0.
         if pos_embed == "sincos":
-            # MAE: a fixed table [1, 1 + N, C] whose class-token row is zero; a Parameter (not a buffer) so the
-            # state dict keeps the key `pos_embed` of timm and MAE checkpoints.
-            table = pe.sincos_2d(embed_dim, self.grid_size, class_token=True)
-            self.pos_embed = nn.Parameter(table, requires_grad=False)
+            self.pos_embed = nn.Parameter(pe.sincos_2d(embed_dim, grid_size, class_token=True), requires_grad=False)
+        elif pos_embed == "sinusoid":
+            self.pos_embed = nn.Parameter(pe.sinusoid_table(num_tokens, embed_dim), requires_grad=False)
         else:
-            self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size[0] * self.grid_size[1], embed_dim))
+            self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))
 
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth, linear in depth
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr[i], norm_eps=norm_eps)
+            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, drop_path=dpr[i],
+                  norm_eps=norm_eps)
             for i in range(depth)
         )
         # timm's layout: with average pooling the final norm moves after the pool (fc_norm) and `norm` is a no-op.
@@ -108,24 +99,6 @@ class VisionTransformer(PretrainedMixin, nn.Module):
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if avg else nn.Identity()
         self.head_drop = nn.Dropout(head_dropout) if head_dropout > 0 else nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_weights()
-
-    # ---------------------------------------------------------------- init and bookkeeping
-    def _init_weights(self) -> None:
-        if self.pos_embed.requires_grad:
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        w = self.patch_embed.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # MAE: the projection as a Linear over flattened patches
-        # (MAE leaves the patch projection's bias at PyTorch's default init; so do we.)
-        nn.init.normal_(self.cls_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -142,23 +115,15 @@ class VisionTransformer(PretrainedMixin, nn.Module):
         else:
             self.head = nn.Identity()
 
-    # ---------------------------------------------------------------- input geometry
-    def token_grid(self, x: torch.Tensor) -> tuple[int, int]:
-        """Check ``x`` and return its token grid ``(H', W')``; raises a one-line error that says which sizes work."""
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"VisionTransformer expects a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 4:
-            raise ValueError(f"this ViT takes [B, C, H, W] images; got a {x.dim()}-D tensor of shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}); "
-                             f"convert the input or build the model with in_chans={x.shape[1]}")
-        p = self.patch_size
-        bad = [(name, s) for name, s in zip("HW", x.shape[2:]) if s % p or s == 0]
-        if bad:
-            fixes = ", ".join(f"{name}={s} -> a multiple of {p} (e.g. {max(p, round(s / p) * p)})" for name, s in bad)
-            raise ValueError(f"input size {tuple(x.shape[2:])} is not a multiple of the patch size: {fixes}; "
-                             "resize or crop")
-        return x.shape[2] // p, x.shape[3] // p
+    def adapt_pos_embed(self, table: torch.Tensor) -> torch.Tensor:
+        """A checkpoint's table ``[1, 1 + n*n, C]`` (square grid, class row first) resampled to this model's stored
+        grid (bicubic on the patch rows, as the MAE, DeiT and T2T-ViT fine-tuning code); the class row is kept."""
+        C = table.shape[-1]
+        side = round((table.shape[1] - 1) ** 0.5)
+        if table.dim() != 3 or side * side != table.shape[1] - 1 or C != self.embed_dim:
+            raise ValueError(f"pos_embed {tuple(table.shape)} is not [1, 1 + n*n, {self.embed_dim}]")
+        grid = pe.resample_grid(table[:, 1:].reshape(1, side, side, C), self.grid_size)  # [1, H0, W0, C]
+        return torch.cat([table[:, :1], grid.flatten(1, 2)], dim=1)  # [1, 1 + H0*W0, C]
 
     def patch_pos_embed(self, grid: Sequence[int]) -> torch.Tensor:
         """The patch rows of the position table for a token grid, ``[1, H', W', C]`` (resampled if not stored)."""
@@ -166,12 +131,43 @@ class VisionTransformer(PretrainedMixin, nn.Module):
         table = self.pos_embed[:, 1:].reshape(1, *self.grid_size, C)  # [1, H0, W0, C]
         return pe.resample_grid(table, grid)  # [1, H', W', C]
 
+    def token_grid(self, x: torch.Tensor) -> tuple[int, int]:
+        """Check ``x`` and return its token grid ``(H', W')``; raises a one-line error that says which sizes work."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{type(self).__name__} expects a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"this model takes [B, C, H, W] images; got a {x.dim()}-D tensor of shape "
+                             f"{tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}); "
+                             f"convert the input or build the model with in_chans={x.shape[1]}")
+        return self.grid_for(tuple(x.shape[2:]))
+
+    def grid_for(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The token grid of an ``(H, W)`` input, or a one-line error naming the sizes that work."""
+        raise NotImplementedError
+
+    def tokenize(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels ``[B, C_in, H, W]`` to tokens ``[B, H', W', C]`` (no position embedding)."""
+        raise NotImplementedError
+
+    def _init_linears_and_norms(self, init_weight) -> None:
+        """``init_weight`` on every Linear weight, zero Linear biases, unit LayerNorms."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                init_weight(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
     # ---------------------------------------------------------------- forward
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels ``[B, C_in, H, W]`` to patch tokens plus their position embedding, ``[B, N, C]`` in raster order
         (``N = H' * W'``). The class token is not added here: :meth:`encode` prepends it."""
         grid = self.token_grid(x)
-        x = self.patch_embed(x)  # [B, H', W', C]
+        x = self.tokenize(x)  # [B, H', W', C]
         x = x + self.patch_pos_embed(grid)  # [B, H', W', C]
         return x.flatten(1, 2)  # [B, N, C]
 
@@ -248,3 +244,69 @@ class VisionTransformer(PretrainedMixin, nn.Module):
                 found[i] = y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y  # [B, C, H', W']
         maps = [found[i] for i in take]
         return maps if intermediates_only else (self.norm(x), maps)
+
+
+class VisionTransformer(ViTBackbone):
+    """ViT on ``[B, C, H, W]`` images (sides multiples of ``patch_size``). The defaults are ViT-B/16 at 224 px."""
+
+    embed_params = ("patch_embed", "cls_token", "pos_embed")  # layer 0 for layer-wise lr decay
+
+    def __init__(
+        self,
+        *,
+        img_size: int | Sequence[int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        pos_embed: str = "sincos",
+        global_pool: str = "token",
+        drop_path_rate: float = 0.0,
+        head_dropout: float = 0.0,
+        norm_eps: float = 1e-6,
+    ):
+        size = _pair(img_size)
+        if any(s % patch_size or s <= 0 for s in size):
+            raise ValueError(f"img_size {size} must be positive multiples of patch_size {patch_size}")
+        super().__init__(
+            grid_size=(size[0] // patch_size, size[1] // patch_size), in_chans=in_chans, num_classes=num_classes,
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+            pos_embed=pos_embed, global_pool=global_pool, drop_path_rate=drop_path_rate, head_dropout=head_dropout,
+            norm_eps=norm_eps,
+        )
+        # Plain data, so the config serialises into checkpoints (save_pretrained) and presets.
+        self.config: dict[str, Any] = dict(
+            img_size=img_size if isinstance(img_size, int) else list(size), patch_size=patch_size,
+            in_chans=in_chans, num_classes=num_classes, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+            mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, pos_embed=pos_embed, global_pool=global_pool,
+            drop_path_rate=drop_path_rate, head_dropout=head_dropout, norm_eps=norm_eps,
+        )
+        self.patch_size = patch_size
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, (patch_size,) * 2, (patch_size,) * 2, (0, 0))
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        if self.pos_embed.requires_grad:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        w = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # MAE: the projection as a Linear over flattened patches
+        # (MAE leaves the patch projection's bias at PyTorch's default init; so do we.)
+        nn.init.normal_(self.cls_token, std=0.02)
+        self._init_linears_and_norms(nn.init.xavier_uniform_)
+
+    # ---------------------------------------------------------------- input geometry
+    def grid_for(self, size: tuple[int, int]) -> tuple[int, int]:
+        p = self.patch_size
+        bad = [(name, s) for name, s in zip("HW", size) if s % p or s == 0]
+        if bad:
+            fixes = ", ".join(f"{name}={s} -> a multiple of {p} (e.g. {max(p, round(s / p) * p)})" for name, s in bad)
+            raise ValueError(f"input size {size} is not a multiple of the patch size: {fixes}; resize or crop")
+        return size[0] // p, size[1] // p
+
+    def tokenize(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels ``[B, C_in, H, W]`` to patch tokens ``[B, H', W', C]`` (no position embedding)."""
+        return self.patch_embed(x)

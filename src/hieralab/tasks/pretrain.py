@@ -8,52 +8,29 @@ One process or many (``torchrun``): the same code.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..config import PretrainConfig, to_dict
-from ..data.pipeline import EpochSampler, SeededSamples, build_dataset, collate, steps_per_epoch, total_steps
+from ..data.pipeline import SeededSamples, build_dataset, steps_per_epoch, total_steps
 from ..data.transforms import mae_train_transform
-from ..engine import checkpoints, distributed
+from ..engine import checkpoints, distributed, loop
+from ..engine.loop import NonFiniteLossError, pick_device  # noqa: F401  (NonFiniteLossError: part of this API)
 from ..engine.optim import build_adamw
-from ..engine.run_log import RunLog, plot_curve
-from ..engine.schedule import scaled_lr, warmup_cosine
+from ..engine.run_log import plot_curve
+from ..engine.schedule import scaled_lr
 from ..mae.masking import seeded_generator
 from ..models.checkpoint import atomic_write
 from ..models.registry import create_model
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; training stopped before the bad step touched the weights."""
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, amp: str):
-    """bf16 autocast on CUDA where asked (or ``auto``); fp32 on CPU, where bf16 matmuls are slower on this class of
-    machine (no AMX) and the resume test needs bit-exact fp32."""
-    if amp not in ("auto", "bf16", "off"):
-        raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {amp!r}")
-    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def input_geometry(model: nn.Module, img_size: int) -> tuple[tuple[int, ...], int]:
@@ -67,19 +44,6 @@ def build_model(cfg: PretrainConfig) -> nn.Module:
     if not getattr(model, "is_mae", False):
         raise ValueError(f"{cfg.model} is not an MAE model; pretrain takes mae_* names (hieralab list 'mae_*')")
     return model
-
-
-def _micro_batches(loader, accum: int, count: int) -> Iterator[list[dict[str, Any]]]:
-    """Group the loader's batches into ``count`` optimizer steps of ``accum`` micro-batches each."""
-    group: list[dict[str, Any]] = []
-    for batch in loader:
-        group.append(batch)
-        if len(group) == accum:
-            yield group
-            group = []
-            count -= 1
-            if count == 0:
-                return
 
 
 def run(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
@@ -130,75 +94,25 @@ def run(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
     if cfg.compile:
         train_model = torch.compile(train_model)
 
-    run_log = RunLog(run_dir, resume_step=step) if dist.is_main else None
-    bar = tqdm(total=stop, initial=step, desc="pretrain", unit="step", disable=not dist.is_main, dynamic_ncols=True)
     log.info("%s: %d images, %d steps/epoch, %d steps, lr %.3g, batch %d x %d accum x %d processes, mask %.2f",
              cfg.model, len(dataset), per_epoch, stop, lr, o.batch_size, o.accum_steps, dist.world, mask_ratio)
-    model.train()
-    start_time, start_step, skipped_total = time.perf_counter(), step, 0
-    try:
-        while step < stop:
-            epoch, in_epoch = divmod(step, per_epoch)
-            sampler = EpochSampler(len(dataset), epoch=epoch, seed=cfg.seed, rank=dist.rank, world=dist.world,
-                                   start=in_epoch * o.accum_steps * o.batch_size)
-            loader = torch.utils.data.DataLoader(samples, o.batch_size, sampler=sampler, collate_fn=collate,
-                                                 num_workers=cfg.data.num_workers, drop_last=True)
-            for group in _micro_batches(loader, o.accum_steps, min(per_epoch - in_epoch, stop - step)):
-                t0 = time.perf_counter()
-                for g in optimizer.param_groups:
-                    g["lr"] = warmup_cosine(step, lr=lr, total_steps=total, warmup_steps=warmup, min_lr=o.min_lr)
-                optimizer.zero_grad(set_to_none=True)
-                losses, images, skipped = [], 0, 0
-                group_size = max(1, sum(b["size"] for b in group))  # micro-batches weigh by their image count
-                for k, batch in enumerate(group):
-                    skipped += batch["skipped"]
-                    if batch["size"] == 0:
-                        continue
-                    torch.manual_seed(hash((cfg.seed, step, k, dist.rank)) & 0x7FFF_FFFF)  # drop path, per step
-                    x, visible = batch["x"].to(device, non_blocking=True), batch["visible"].to(device)
-                    sync = k == len(group) - 1 or dist.world == 1
-                    with (contextlib.nullcontext() if sync else train_model.no_sync()), autocast(device, cfg.amp):
-                        loss = train_model(x, visible).loss
-                        finite = distributed.all_mean(torch.isfinite(loss.detach()).float())
-                        if finite.item() < 1:
-                            raise NonFiniteLossError(f"loss is {loss.item()} at step {step}")
-                        (loss * (batch["size"] / group_size)).backward()
-                    losses.append(loss.detach() * (batch["size"] * len(group) / group_size))
-                    images += x.shape[0]
-                if o.clip_grad:
-                    nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad)
-                optimizer.step()
-                step += 1
-                skipped_total += skipped
-                loss_value = distributed.all_mean(torch.stack(losses).mean()).item() if losses else float("nan")
-                speed = images * dist.world / (time.perf_counter() - t0)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                                img_s=f"{speed:.0f}")
-                if run_log and (step % cfg.log_every == 0 or step == stop):
-                    run_log.write({"step": step, "epoch": round(step / per_epoch, 4), "loss": loss_value,
-                                   "lr": optimizer.param_groups[0]["lr"], "images_per_s": round(speed, 1),
-                                   "skipped": skipped_total})
-                if step % cfg.ckpt_every == 0 or step == stop:
-                    if dist.is_main:
-                        checkpoints.save(ckpt_dir, step, model, optimizer, {"epoch": step / per_epoch,
-                                                                            "loss": loss_value}, cfg.keep_last)
-                    distributed.barrier()
-    except NonFiniteLossError as e:
-        newest = checkpoints.latest(ckpt_dir)
-        raise NonFiniteLossError(f"{e}: stopped; the last good checkpoint is {newest or 'none (none written yet)'}; "
-                                 "resume from it with a lower optim.base_lr, or check the data") from None
-    finally:
-        bar.close()
-        if run_log:
-            run_log.close()
-    seconds = time.perf_counter() - start_time
-    if skipped_total:
-        log.warning("skipped %d unreadable images", skipped_total)
+
+    def forward(batch: dict[str, Any], step: int, k: int) -> torch.Tensor:
+        x, visible = batch["x"].to(device, non_blocking=True), batch["visible"].to(device)
+        return train_model(x, visible).loss
+
+    result = loop.train(
+        name="pretrain", model=model, train_model=train_model, optimizer=optimizer, samples=samples, forward=forward,
+        schedule=loop.Schedule(per_epoch, total, stop, lr, warmup, o.min_lr), dist=dist, device=device, amp=cfg.amp,
+        seed=cfg.seed, batch_size=o.batch_size, accum_steps=o.accum_steps, num_workers=cfg.data.num_workers,
+        clip_grad=o.clip_grad, run_dir=run_dir, ckpt_every=cfg.ckpt_every, keep_last=cfg.keep_last,
+        log_every=cfg.log_every, start_step=step, start_loss=loss_value,
+    )
+    if result.skipped:
+        log.warning("skipped %d unreadable images", result.skipped)
     summary: dict[str, Any] = {
-        "run_dir": str(run_dir), "steps": step, "final_loss": loss_value, "seconds": round(seconds, 1),
-        "images_per_s": round((step - start_step) * o.batch_size * o.accum_steps * dist.world / max(seconds, 1e-9), 1),
-        "skipped_images": skipped_total,
+        "run_dir": str(run_dir), "steps": result.step, "final_loss": result.loss, "seconds": result.seconds,
+        "images_per_s": result.images_per_s, "skipped_images": result.skipped,
     }
     if dist.is_main:
         summary.update(_finish(cfg, model, run_dir))
