@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image, ImageDraw
 
 warnings.filterwarnings("ignore", message="Importing from timm.models.layers is deprecated")
 
@@ -23,6 +24,20 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             else:
                 p.copy_(0.02 * noise)
     return model
+
+
+def draw_images(root: Path, n: int = 40) -> Path:
+    """``n`` drawn images (a box or a circle on a coloured ground) in two class folders."""
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        cls = root / ("circles" if i % 2 else "boxes")
+        cls.mkdir(parents=True, exist_ok=True)
+        img = Image.new("RGB", (40, 36), tuple(torch.randint(0, 255, (3,), generator=g).tolist()))
+        x0, y0 = torch.randint(0, 16, (2,), generator=g).tolist()
+        shape = ImageDraw.Draw(img).ellipse if i % 2 else ImageDraw.Draw(img).rectangle
+        shape([x0, y0, x0 + 18, y0 + 16], fill=(255, 255, 255))
+        img.save(cls / f"{i:03d}.png")
+    return root
 
 
 @pytest.fixture

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from safetensors.torch import load_file
 
+from conftest import draw_images
 from hieralab.cli import main
 from hieralab.config import PretrainConfig, from_dict, load_config, to_dict
 from hieralab.data.pipeline import EpochSampler
@@ -22,20 +23,6 @@ from hieralab.tasks import pretrain
 
 TINY = ["model_args.embed_dim=16", "model_args.num_heads=1", "model_args.stages=[1,1,1]",
         "model_args.decoder_embed_dim=32", "model_args.decoder_depth=1", "model_args.decoder_num_heads=2"]
-
-
-def draw_images(root: Path, n: int = 40) -> Path:
-    """``n`` drawn images (a box or a circle on a coloured ground) in two class folders."""
-    g = torch.Generator().manual_seed(0)
-    for i in range(n):
-        cls = root / ("circles" if i % 2 else "boxes")
-        cls.mkdir(parents=True, exist_ok=True)
-        img = Image.new("RGB", (40, 36), tuple(torch.randint(0, 255, (3,), generator=g).tolist()))
-        x0, y0 = torch.randint(0, 16, (2,), generator=g).tolist()
-        shape = ImageDraw.Draw(img).ellipse if i % 2 else ImageDraw.Draw(img).rectangle
-        shape([x0, y0, x0 + 18, y0 + 16], fill=(255, 255, 255))
-        img.save(cls / f"{i:03d}.png")
-    return root
 
 
 @pytest.fixture(scope="module")

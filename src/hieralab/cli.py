@@ -56,6 +56,90 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .config import FinetuneConfig, load_config
+    from .tasks import finetune
+
+    overrides = list(args.overrides)
+    if args.trainable_blocks is not None:
+        overrides.append(f"trainable_blocks={args.trainable_blocks}")
+    cfg = load_config(FinetuneConfig, args.preset, overrides)
+    summary = finetune.run(cfg, resume=args.resume)
+    if "last" in summary:
+        print(f"\nfine-tuned {cfg.model} for {summary['steps']} steps in {summary['seconds']:.0f} s: best top-1 "
+              f"{summary['best_top1']:.2f} % (step {summary['best_step']}, {summary['best_weights']}), last "
+              f"{summary['last_top1']:.2f} %")
+        for key in ("best", "last", "curves"):
+            if key in summary:
+                print(f"  {key:8s} {summary[key]}")
+    return 0
+
+
+def cmd_linprobe(args: argparse.Namespace) -> int:
+    from .config import LinprobeConfig, load_config
+    from .tasks import linprobe
+
+    cfg = load_config(LinprobeConfig, args.preset, args.overrides)
+    summary = linprobe.run(cfg)
+    print(f"\nlinear probe of {cfg.model} ({cfg.init or 'random init'}): best top-1 {summary['best_top1']:.2f} % "
+          f"at lr {summary['best_lr']:g}")
+    for lr, acc in summary["top1_per_lr"].items():
+        print(f"  lr {float(lr):<8g} {acc:.2f} %")
+    print(f"  wrote {cfg.out_dir}/linprobe.json, linprobe.png, head.safetensors")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .tasks import evaluate
+
+    m = evaluate.run_eval(args.checkpoint, source=args.data, split=args.split, out=args.out,
+                          img_size=args.img_size, limit=args.limit)
+    print(f"top-1 {m['top1']:.2f} %  top-5 {m['top5']:.2f} %  ({m['count']} images)")
+    print(f"  wrote {m['out']}/metrics.json and confusion.png")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .tasks import evaluate
+
+    for label, p in evaluate.predict_image(args.checkpoint, args.image, topk=args.topk):
+        print(f"{p:7.2%}  {label}")
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from .tasks import extract
+
+    s = extract.run(model=args.model, init=args.init, source=args.data, split=args.split, out=args.out,
+                    img_size=args.img_size, stages=args.stages, knn=args.knn, knn_train=args.knn_train, k=args.k,
+                    limit=args.limit)
+    print(f"wrote {s['out']} ({s['count']} images: " + ", ".join(f"{k} {v}" for k, v in s["shapes"].items()) + ")")
+    if "knn_top1" in s:
+        print(f"k-NN (k={s['knn_k']}) top-1: {s['knn_top1']:.2f} %")
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    import shutil
+
+    from .tasks import study
+
+    s = study.run(encoder=args.encoder, preset=args.preset, pretrain_epochs=args.pretrain_epochs,
+                  finetune_epochs=args.finetune_epochs, trainable_blocks=args.trainable_blocks, seeds=args.seeds,
+                  probe_epochs=args.probe_epochs, out_dir=args.out, limit=args.limit, extra=args.overrides)
+    print()
+    print(study.table(s))
+    print(f"MAE pretraining: {s['pretrain_epochs']:g} epochs in {s['pretrain_seconds']:.0f} s; whole study "
+          f"{s['total_seconds']:.0f} s (stages reused from {args.out} are not re-timed)")
+    if args.docs:
+        docs = Path(args.docs)
+        docs.mkdir(parents=True, exist_ok=True)
+        for name in ("study.md", "study.png", "study.json"):
+            shutil.copyfile(Path(args.out) / name, docs / f"mae_{name}")
+        print(f"copied the table and plot to {docs}/mae_study.md, mae_study.png")
+    return 0
+
+
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .tasks import reconstruct
 
@@ -164,6 +248,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="e.g. data.source=~/photos optim.batch_size=32 epochs=5 out_dir=runs/mine")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="fine-tune an encoder (from an MAE run, an official checkpoint or scratch) "
+                                        "on Fashion-MNIST or a labelled image folder",
+                       description="Defaults <- --preset <- key=value overrides (hieralab/config/schema.py: "
+                                   "FinetuneConfig). Multi-process: torchrun --nproc_per_node N -m hieralab.cli "
+                                   "finetune ...")
+    p.add_argument("--preset", help=f"a preset name ({', '.join(preset_names())}) or a .yaml path")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
+    p.add_argument("--trainable-blocks", type=int, help="partial fine-tuning: train only the last k blocks (and "
+                                                        "the final norm and head)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="e.g. model=hiera_mini_32 init=runs/mae_hiera_fmnist epochs=5 data.source=~/labelled")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("linprobe", help="linear probes (one per learning rate, one pass) on a frozen encoder")
+    p.add_argument("--preset", help="a preset name or a .yaml path")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="e.g. model=hiera_mini_32 init=runs/mae_hiera_fmnist 'lrs=[0.1,1.0]' epochs=30")
+    p.set_defaults(func=cmd_linprobe)
+
+    p = sub.add_parser("eval", help="top-1 / top-5 and a confusion-matrix PNG of a fine-tuned classifier")
+    p.add_argument("checkpoint", help="a finetune run folder (its best/) or a best/ or last/ folder")
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or a labelled image folder")
+    p.add_argument("--split", default="test", help="fashion-mnist split (default: test)")
+    p.add_argument("--out", help="output folder (default: <checkpoint>/eval-<split>)")
+    p.add_argument("--img-size", type=int, help="default: the size it was trained at")
+    p.add_argument("--limit", type=int, help="only the first N images")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="top-5 labels of a classifier for one image")
+    p.add_argument("image", help="an image file")
+    p.add_argument("--checkpoint", required=True, help="a finetune run folder or its best/ or last/ folder")
+    p.add_argument("--topk", type=int, default=5)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("extract", help="an encoder's features of a dataset to .safetensors / .npy, and a k-NN "
+                                       "evaluation on them")
+    p.add_argument("--model", required=True, help="an encoder name, e.g. hiera_mini_32")
+    p.add_argument("--init", help="its weights: a pretrain run, a save_pretrained folder or a checkpoint file")
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or an image folder")
+    p.add_argument("--split", default="test", help="fashion-mnist split (default: test)")
+    p.add_argument("--out", required=True, help="NAME.safetensors or NAME.npy")
+    p.add_argument("--img-size", type=int, default=32)
+    p.add_argument("--stages", action="store_true", help="per-stage maps instead of pooled features")
+    p.add_argument("--knn", action="store_true", help="also report weighted k-NN top-1 against the train split")
+    p.add_argument("--knn-train", help="for a folder: the labelled folder the neighbours come from")
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--limit", type=int, help="only the first N images (of each split)")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("study", help="does MAE help? linear probes (pixels / random init / MAE) and fine-tuning "
+                                     "(scratch / MAE / last k blocks) on Fashion-MNIST, in one command")
+    p.add_argument("--encoder", default="vit_mini_patch4_32")
+    p.add_argument("--preset", default="mae_vit_fmnist", help="the MAE pretraining preset (its model must be "
+                                                               "mae_<encoder>)")
+    p.add_argument("--pretrain-epochs", type=float, default=10)
+    p.add_argument("--finetune-epochs", type=float, default=2)
+    p.add_argument("--trainable-blocks", type=int, default=2)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--probe-epochs", type=int, default=30)
+    p.add_argument("--limit", type=int, help="only the first N images of each split (a quick look)")
+    p.add_argument("--out", default="runs/study")
+    p.add_argument("--docs", help="also copy study.md / .png / .json to this folder as mae_study.*")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="pretraining overrides, e.g. model_args.depth=4")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("reconstruct", help="PNG pictures of MAE reconstructions: original | masked | reconstruction "
                                            "| visible patches pasted back")

@@ -4,8 +4,8 @@ Defaults (the dataclasses) <- a YAML preset (``presets/*.yaml`` by name, or a pa
 resolved config is written into the run folder so a run can always be repeated.
 """
 
-from .schema import (DataConfig, OptimConfig, PretrainConfig, apply_overrides, from_dict, load_config,
-                     preset_names, to_dict)
+from .schema import (AugConfig, DataConfig, FinetuneConfig, LinprobeConfig, OptimConfig, PretrainConfig,
+                     apply_overrides, from_dict, load_config, preset_names, to_dict)
 
-__all__ = ["DataConfig", "OptimConfig", "PretrainConfig", "apply_overrides", "from_dict", "load_config",
-           "preset_names", "to_dict"]
+__all__ = ["AugConfig", "DataConfig", "FinetuneConfig", "LinprobeConfig", "OptimConfig", "PretrainConfig", "apply_overrides",
+           "from_dict", "load_config", "preset_names", "to_dict"]

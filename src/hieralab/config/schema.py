@@ -58,6 +58,69 @@ class PretrainConfig:
     recon_images: int = 8  # reconstructions written at the end of the run (0: none)
 
 
+@dataclass
+class AugConfig:
+    """Fine-tuning augmentation, the MAE / Hiera recipe through timm (``create_transform``, ``Mixup``)."""
+
+    randaug: str | None = "rand-m9-mstd0.5-inc1"  # timm's auto_augment string; None: off
+    reprob: float = 0.25  # random erasing probability
+    mixup: float = 0.8  # mixup alpha (0: off)
+    cutmix: float = 1.0  # cutmix alpha (0: off)
+    smoothing: float = 0.1  # label smoothing
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop scale
+    hflip: float = 0.5
+
+
+def _finetune_optim() -> OptimConfig:
+    return OptimConfig(batch_size=64, base_lr=1e-3, betas=(0.9, 0.999), warmup_epochs=1.0, min_lr=1e-6)
+
+
+@dataclass
+class FinetuneConfig:
+    model: str = "hiera_mini_32"  # an encoder name (hieralab list); the head is sized to the dataset's classes
+    model_args: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None  # start from: a pretrain run folder (its encoder/), a save_pretrained folder, or an
+    #                          official / timm / T2T-ViT checkpoint file; None: from scratch
+    data: DataConfig = field(default_factory=DataConfig)
+    val_source: str | None = None  # labelled folder for validation; None: fashion-mnist's test split, or for a
+    #                                folder, `val_fraction` of it held out (the same images every run)
+    val_fraction: float = 0.1
+    aug: AugConfig = field(default_factory=AugConfig)
+    optim: OptimConfig = field(default_factory=_finetune_optim)
+    layer_decay: float = 0.75  # layer-wise lr decay (1: off)
+    drop_path: float = 0.1
+    trainable_blocks: int | None = None  # partial fine-tuning: train only the last k blocks, the final norm and head
+    ema_decay: float | None = None  # keep an EMA of the weights (e.g. 0.9999); evaluated and saved beside the model
+    epochs: float = 10.0
+    max_steps: int | None = None
+    eval_every: int | None = None  # steps between evaluations; None: once per epoch (and always at the end)
+    seed: int = 0
+    out_dir: str = "runs/finetune"
+    ckpt_every: int = 500
+    keep_last: int = 2
+    log_every: int = 10
+    amp: str = "auto"
+    compile: bool = False
+    device: str = "auto"
+
+
+@dataclass
+class LinprobeConfig:
+    model: str = "hiera_mini_32"  # the encoder
+    model_args: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None  # its weights (as finetune's init); None: random init, the baseline
+    data: DataConfig = field(default_factory=DataConfig)
+    val_source: str | None = None
+    val_fraction: float = 0.1
+    lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # SGD lrs at batch 256; one head each, one pass
+    epochs: int = 30
+    batch_size: int = 256
+    weight_decay: float = 0.0
+    seed: int = 0
+    out_dir: str = "runs/linprobe"
+    device: str = "auto"
+
+
 def _convert(tp: Any, value: Any, where: str) -> Any:
     """Coerce a YAML value to the annotated type, with an error that names the key."""
     origin = typing.get_origin(tp)

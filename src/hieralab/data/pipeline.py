@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..mae.masking import random_visible, seeded_generator
@@ -35,6 +37,28 @@ def build_dataset(source: str, split: str = "train", limit: int | None = None):
     return ds, mean, std, classes
 
 
+def labelled_splits(data, val_source: str | None = None, val_fraction: float = 0.1):
+    """``(train, val, classes, mean, std)`` for supervised work on a :class:`~hieralab.config.DataConfig`'s source:
+    Fashion-MNIST's train / test splits, a folder with a separate ``val_source`` folder, or a folder with a fixed
+    ``val_fraction`` held out (the same images in every run)."""
+    train, mean, std, classes = build_dataset(data.source, data.split, data.limit)
+    if val_source:
+        val, _, _, val_classes = build_dataset(val_source, data.split, None)
+        if val_classes != classes:
+            raise ValueError(f"val_source {val_source} has classes {val_classes[:4]}..., the training data "
+                             f"{classes[:4]}...; use the same class folders")
+    elif data.source == "fashion-mnist":
+        val, _, _, _ = build_dataset("fashion-mnist", "test", data.limit)
+    else:
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(1234)).tolist()
+        n_val = max(1, int(len(train) * val_fraction))
+        train, val = torch.utils.data.Subset(train, order[n_val:]), torch.utils.data.Subset(train, order[:n_val])
+    if len(classes) < 2:
+        raise ValueError(f"{data.source} has {len(classes)} class(es); supervised training needs labelled class "
+                         "subfolders (ImageFolder layout)")
+    return train, val, classes, data.mean or mean, data.std or std
+
+
 class SeededSamples(torch.utils.data.Dataset):
     """Wraps a ``(PIL image | None, label)`` dataset: indexed by ``(epoch, i)`` (see :class:`EpochSampler`), returns
     ``{"x", "label"[, "visible"]}`` with the transform and the mask drawn from a ``(seed, epoch, i)`` generator, or
@@ -53,15 +77,20 @@ class SeededSamples(torch.utils.data.Dataset):
         image, label = self.dataset[i]
         if image is None:
             return None
-        # transforms v2 draw from the global CPU generator: seed it for this sample and put it back afterwards
-        # (seeding the generator itself is ~250x cheaper than torch.manual_seed + fork_rng, which touch CUDA state)
+        # transforms v2 draw from the global CPU generator, timm's (RandAugment, random erasing) also from Python's
+        # `random` and numpy's: seed all three for this sample and put them back afterwards (seeding the torch
+        # generator itself is ~250x cheaper than torch.manual_seed + fork_rng, which touch CUDA state)
         g = torch.default_generator
-        saved = g.get_state()
+        saved, saved_py, saved_np = g.get_state(), random.getstate(), np.random.get_state()
         g.manual_seed(hash((self.seed, epoch, i, 0)) & 0x7FFF_FFFF_FFFF_FFFF)
+        random.seed(hash((self.seed, epoch, i, 2)))
+        np.random.seed(hash((self.seed, epoch, i, 3)) & 0xFFFF_FFFF)
         try:
             x = self.transform(image)
         finally:
             g.set_state(saved)
+            random.setstate(saved_py)
+            np.random.set_state(saved_np)
         sample = {"x": x, "label": label}
         if self.num_units:
             g = seeded_generator(self.seed, epoch, i, 1)

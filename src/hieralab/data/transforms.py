@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torchvision.transforms import v2
@@ -32,3 +32,23 @@ def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], *
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(list(mean)[:channels], list(std)[:channels]),
     ])
+
+
+def finetune_transform(img_size: int, mean: Sequence[float], std: Sequence[float], *, channels: int = 3,
+                       randaug: str | None = "rand-m9-mstd0.5-inc1", reprob: float = 0.25,
+                       scale: Sequence[float] = (0.08, 1.0), hflip: float = 0.5) -> Callable:
+    """The MAE / Hiera fine-tuning augmentation, timm's ``create_transform``: RandomResizedCrop (bicubic), flip,
+    RandAugment, normalise, random erasing. It runs on RGB; a 1-channel model gets the mean over channels."""
+    from timm.data import create_transform
+
+    mean3, std3 = (tuple(mean) * 3)[:3], (tuple(std) * 3)[:3]
+    timm_tf = create_transform(img_size, is_training=True, scale=tuple(scale), hflip=hflip, auto_augment=randaug,
+                               interpolation="bicubic", re_prob=reprob, re_mode="pixel", re_count=1,
+                               mean=mean3, std=std3)
+    to_rgb = v2.RGB()
+
+    def transform(image) -> torch.Tensor:
+        x = timm_tf(to_rgb(image))  # [3, H, W]
+        return x.mean(0, keepdim=True) if channels == 1 else x
+
+    return transform

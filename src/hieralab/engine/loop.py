@@ -42,6 +42,50 @@ def autocast(device: torch.device, amp: str):
     return contextlib.nullcontext()
 
 
+@dataclass
+class Run:
+    """Where a run lives and what it runs on."""
+
+    device: torch.device
+    dist: distributed.Dist
+    dir: Path
+    last: Path | None  # the newest complete checkpoint, if any
+
+
+def start_run(device: str, out_dir: str, resume: bool) -> Run:
+    """Pick the device (one GPU per process under torchrun), join the process group and check ``out_dir``: a folder
+    that already holds checkpoints is only continued with ``resume``."""
+    dev = pick_device(device)
+    dist = distributed.init(dev.type)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(dev)
+    run_dir = Path(out_dir)
+    last = checkpoints.latest(run_dir / "checkpoints")
+    if last is not None and not resume:
+        raise ValueError(f"{run_dir} already holds checkpoints (newest {last.name}); pass --resume to continue it, "
+                         "or set out_dir to a new folder")
+    return Run(dev, dist, run_dir, last)
+
+
+def prepare(run: Run, model: nn.Module, config: dict[str, Any], *, compile: bool) -> nn.Module:
+    """Write the resolved ``config.yaml`` (main process) and return the module to train: DDP across processes,
+    ``torch.compile`` if asked."""
+    import yaml
+
+    from ..models.checkpoint import atomic_write
+
+    if run.dist.is_main:
+        run.dir.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(config, sort_keys=False)
+        atomic_write(run.dir / "config.yaml", lambda p: Path(p).write_text(text))
+    train_model: nn.Module = model
+    if run.dist.world > 1:
+        ids = [run.device.index] if run.device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return torch.compile(train_model) if compile else train_model
+
+
 def micro_batches(loader, accum: int, count: int) -> Iterator[list[dict[str, Any]]]:
     """Group the loader's batches into ``count`` optimizer steps of ``accum`` micro-batches each."""
     group: list[dict[str, Any]] = []

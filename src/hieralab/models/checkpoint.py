@@ -282,6 +282,11 @@ class PretrainedMixin:
         """Layer ids run 0 (embeddings) .. depth + 1 (final norms and head)."""
         return len(self.blocks) + 2
 
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's parameter grouping, the same layers as :meth:`layer_id` (embeddings, then one group per block,
+        then the rest), so ``timm.optim.param_groups_layer_decay`` works on our models."""
+        return dict(stem=r"^(?:" + "|".join(re.escape(p) for p in self.embed_params) + ")", blocks=r"^blocks\.(\d+)")
+
     def layer_id(self, param_name: str) -> int:
         """The layer a parameter belongs to, for layer-wise learning-rate decay."""
         if param_name.startswith(self.embed_params):

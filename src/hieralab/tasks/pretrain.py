@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from ..config import PretrainConfig, to_dict
@@ -48,17 +47,9 @@ def build_model(cfg: PretrainConfig) -> nn.Module:
 
 def run(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
     """Train; returns a summary (steps, final loss, time, where things were written)."""
-    device = pick_device(cfg.device)
-    dist = distributed.init(device.type)
-    if device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-        torch.cuda.set_device(device)
-    run_dir = Path(cfg.out_dir)
+    where = loop.start_run(cfg.device, cfg.out_dir, resume)
+    device, dist, run_dir, last = where.device, where.dist, where.dir, where.last
     ckpt_dir = run_dir / "checkpoints"
-    last = checkpoints.latest(ckpt_dir)
-    if last is not None and not resume:
-        raise ValueError(f"{run_dir} already holds checkpoints (newest {last.name}); pass --resume to continue it, "
-                         "or set out_dir to a new folder")
 
     torch.manual_seed(cfg.seed)  # the initial weights
     model = build_model(cfg).to(device)
@@ -83,16 +74,7 @@ def run(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
         log.info("resuming from %s (step %d of %d)", last, step, stop)
     elif resume:
         log.info("no checkpoint in %s: starting from scratch", ckpt_dir)
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-        atomic_write(run_dir / "config.yaml", lambda p: Path(p).write_text(text))
-    train_model: nn.Module = model
-    if dist.world > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    if cfg.compile:
-        train_model = torch.compile(train_model)
+    train_model = loop.prepare(where, model, to_dict(cfg), compile=cfg.compile)
 
     log.info("%s: %d images, %d steps/epoch, %d steps, lr %.3g, batch %d x %d accum x %d processes, mask %.2f",
              cfg.model, len(dataset), per_epoch, stop, lr, o.batch_size, o.accum_steps, dist.world, mask_ratio)

@@ -1,0 +1,93 @@
+"""``hieralab extract``: an encoder's features of a dataset to a file, and a k-NN evaluation on them.
+
+Pooled features (``[N, C]``) go to ``.safetensors`` (``features``, ``labels``) or ``.npy`` (the features; the labels
+beside them in ``<name>.labels.npy``); ``--stages`` writes the per-stage maps (``stage0 ... stageK``, each
+``[N, C_i, H_i, W_i]``; safetensors only). ``--knn`` also extracts the reference images (Fashion-MNIST's train split,
+or ``--knn-train FOLDER``) and reports the weighted k-NN top-1 of the extracted images against them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from ..data.pipeline import build_dataset
+from ..data.transforms import eval_transform
+from ..models.checkpoint import atomic_write
+from .evaluate import predict_logits
+from .features import dataset_features, knn_classify, load_encoder, stage_features
+
+log = logging.getLogger(__name__)
+
+
+def write_features(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """``.safetensors`` with every tensor, or ``.npy`` with the features (labels in ``<stem>.labels.npy``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        atomic_write(path, lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, p))
+    elif path.suffix == ".npy":
+        if "features" not in tensors:
+            raise ValueError("per-stage maps go to a .safetensors file (several arrays); use --out NAME.safetensors")
+
+        def save_npy(array: np.ndarray):
+            def write(p: str) -> None:
+                with open(p, "wb") as f:  # a file object: np.save would append .npy to a temporary name
+                    np.save(f, array)
+            return write
+
+        atomic_write(path, save_npy(tensors["features"].numpy()))
+        atomic_write(path.with_name(path.stem + ".labels.npy"), save_npy(tensors["labels"].numpy()))
+    else:
+        raise ValueError(f"--out {path}: use a .safetensors or .npy file name")
+
+
+def run(*, model: str, init: str | None, source: str, split: str, out: str, img_size: int, stages: bool = False,
+        knn: bool = False, knn_train: str | None = None, k: int = 20, limit: int | None = None, batch_size: int = 256,
+        device: str = "cpu", model_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    out_path = Path(out)
+    if out_path.suffix not in (".safetensors", ".npy"):
+        raise ValueError(f"--out {out}: use a .safetensors or .npy file name")
+    encoder = load_encoder(model, init, **(model_args or {})).to(device)
+    dataset, mean, std, classes = build_dataset(source, split, limit)
+    tf = eval_transform(img_size, mean, std, channels=encoder.in_chans)
+    if stages:
+        fn = stage_features(encoder)
+        maps, labels = [], None
+
+        def collect(x: torch.Tensor) -> torch.Tensor:
+            maps.append([m.cpu() for m in fn(x)])
+            return torch.zeros(len(x), 1)
+
+        _, labels = predict_logits(encoder, dataset, tf, device=device, batch_size=batch_size, desc="extract",
+                                   fn=collect)
+        tensors = {f"stage{i}": torch.cat([b[i] for b in maps]) for i in range(len(maps[0]))}
+        tensors["labels"] = labels
+    else:
+        feats, labels = dataset_features(encoder, dataset, tf, device=device, batch_size=batch_size, desc="extract")
+        tensors = {"features": feats, "labels": labels}
+    write_features(out_path, tensors)
+    summary: dict[str, Any] = {"out": str(out_path), "count": len(labels), "classes": classes,
+                               "shapes": {k_: list(v.shape) for k_, v in tensors.items()}}
+    if knn:
+        if knn_train is None and source != "fashion-mnist":
+            raise ValueError("--knn on a folder needs --knn-train FOLDER: the labelled images the neighbours come from")
+        if knn_train is None and split == "train":
+            raise ValueError("--knn compares the extracted split with the train split; extract --split test")
+        train_set, _, _, train_classes = build_dataset(knn_train or source, "train", limit)
+        if train_classes != classes:
+            raise ValueError("--knn needs the same classes in the reference images as in the extracted ones")
+        train_x, train_y = dataset_features(encoder, train_set, tf, device=device, desc="features (train)")
+        query = tensors["features"] if "features" in tensors else dataset_features(encoder, dataset, tf)[0]
+        scores = knn_classify(train_x, train_y, query, num_classes=len(classes), k=k)
+        summary["knn_top1"] = 100 * (scores.argmax(1) == labels).float().mean().item()
+        summary["knn_k"] = k
+        log.info("k-NN (k=%d) top-1: %.2f %%", k, summary["knn_top1"])
+    atomic_write(out_path.with_name(out_path.stem + ".json"),
+                 lambda p: Path(p).write_text(json.dumps(summary, indent=2) + "\n"))
+    return summary

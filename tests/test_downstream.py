@@ -1,0 +1,206 @@
+"""Downstream: fine-tune (full, partial, from an MAE run, resumed, two processes), linear probes, eval, predict,
+extract and k-NN. Tiny models on images the tests draw themselves."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import hieralab
+from conftest import draw_images
+from hieralab.cli import main
+from hieralab.config import FinetuneConfig, PretrainConfig, load_config
+from hieralab.engine.optim import build_adamw
+from hieralab.tasks import finetune, pretrain
+from hieralab.tasks.evaluate import classification_metrics, confusion_matrix
+from hieralab.tasks.features import knn_classify
+from hieralab.tasks.finetune import freeze_all_but_last_blocks
+from hieralab.tasks.linprobe import train_probes
+
+TINY = ["model=hiera_mini_32", "model_args.embed_dim=16", "model_args.num_heads=1", "model_args.stages=[1,1,1]"]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return draw_images(tmp_path_factory.mktemp("labelled"), n=48)
+
+
+def ft_args(out: Path, images: Path, *extra: str) -> list[str]:
+    return [*TINY, f"data.source={images}", "data.num_workers=0", "data.img_size=32", "optim.batch_size=8",
+            f"out_dir={out}", "log_every=1", "epochs=2", "eval_every=3", "val_fraction=0.25", *extra]
+
+
+def run_ft(overrides: list[str], resume: bool = False) -> dict:
+    return finetune.run(load_config(FinetuneConfig, None, overrides), resume=resume)
+
+
+def losses(run_dir: Path) -> list[tuple[int, float]]:
+    return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader((run_dir / "log.csv").open())]
+
+
+# ---------------------------------------------------------------- recipe pieces
+@pytest.mark.parametrize("name", ["hiera_mini_32", "vit_mini_patch4_32", "t2t_vit_mini_32"])
+def test_layer_decay_groups_follow_the_layer_ids(name):
+    model = hieralab.create_model(name)
+    opt = build_adamw(model, lr=1.0, weight_decay=0.05, betas=(0.9, 0.999), layer_decay=0.75)
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = set()
+    for group in opt.param_groups:
+        for p in group["params"]:
+            n = names[id(p)]
+            seen.add(n)
+            assert group["lr_scale"] == pytest.approx(0.75 ** (model.num_layers - 1 - model.layer_id(n)))
+            no_decay = p.ndim == 1 or n in model.no_weight_decay()
+            assert group["weight_decay"] == (0.0 if no_decay else 0.05), n
+    assert seen == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {model.layer_id(n) for n in seen} == set(range(model.num_layers))
+
+
+def test_partial_fine_tuning_trains_the_last_blocks_norm_and_head():
+    model = hieralab.create_model("vit_mini_patch4_32")
+    trainable = freeze_all_but_last_blocks(model, 2)
+    assert {n.split(".")[1] for n in trainable if n.startswith("blocks.")} == {"4", "5"}
+    assert {"norm.weight", "head.weight"} <= set(trainable)
+    assert not any(n.startswith(("patch_embed", "cls_token", "blocks.3")) for n in trainable)
+    opt = build_adamw(model, lr=1.0, weight_decay=0.05, betas=(0.9, 0.999), layer_decay=0.75)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(trainable)
+    assert len(freeze_all_but_last_blocks(model, 0)) == 4  # norm + head only
+    with pytest.raises(ValueError, match="0..6"):
+        freeze_all_but_last_blocks(model, 7)
+
+
+def test_metrics_confusion_and_knn_on_known_inputs():
+    logits = torch.tensor([[3.0, 1, 0], [0, 2, 1], [0, 1, 2], [2, 0, 1]])
+    labels = torch.tensor([0, 2, 2, 1])
+    m = classification_metrics(logits, labels)
+    assert m["top1"] == 50.0 and m["top5"] == 100.0
+    assert confusion_matrix(logits, labels, 3).tolist() == [[1, 0, 0], [1, 0, 0], [0, 1, 1]]
+    train = torch.tensor([[1.0, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]])
+    scores = knn_classify(train, torch.tensor([0, 0, 1, 1]), torch.tensor([[1.0, 0.05], [0.05, 1]]), num_classes=2,
+                          k=2)
+    assert scores.argmax(1).tolist() == [0, 1]
+
+
+def test_probes_learn_separable_features_and_not_random_labels():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (600,), generator=g)
+    x = torch.randn(600, 16, generator=g) + 4 * torch.nn.functional.one_hot(y, 16)  # 4 well separated clusters
+    _, accs = train_probes(x[:400], y[:400], x[400:], y[400:], num_classes=4, lrs=[0.01, 0.1, 1.0], epochs=20,
+                           batch_size=64)
+    assert max(accs) > 97
+    shuffled = y[torch.randperm(600, generator=g)]
+    _, accs = train_probes(x[:400], shuffled[:400], x[400:], shuffled[400:], num_classes=4, lrs=[0.1, 1.0],
+                           epochs=20, batch_size=64)
+    assert max(accs) < 45  # chance is 25 %
+
+
+# ---------------------------------------------------------------- fine-tuning runs
+def test_finetune_writes_best_last_curves_and_resumes_exactly(tmp_path, images):
+    full = run_ft(ft_args(tmp_path / "full", images, "ckpt_every=3", "ema_decay=0.9"))
+    for name in ("best/model.safetensors", "best/classifier.json", "last/config.json", "curves.png",
+                 "summary.json", "config.yaml"):
+        assert (tmp_path / "full" / name).exists(), name
+    rows = list(csv.DictReader((tmp_path / "full" / "log.csv").open()))
+    evals = [r for r in rows if r["val_top1"]]
+    assert [int(r["step"]) for r in evals] == [3, 6, 8] and all(r["ema_val_top1"] for r in evals)
+    assert full["best_top1"] == max(max(float(r["val_top1"]), float(r["ema_val_top1"])) for r in evals)
+    meta = json.loads((tmp_path / "full" / "best" / "classifier.json").read_text())
+    assert meta["classes"] == ["boxes", "circles"] and meta["img_size"] == 32
+
+    run_ft(ft_args(tmp_path / "cut", images, "ckpt_every=3", "ema_decay=0.9", "max_steps=4"))
+    run_ft(ft_args(tmp_path / "cut", images, "ckpt_every=3", "ema_decay=0.9"), resume=True)
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+    a, b = (load_file(str(tmp_path / d / "last" / "model.safetensors")) for d in ("full", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_finetune_from_an_mae_run_and_partially(tmp_path, images):
+    mae_tiny = ["model_args.embed_dim=16", "model_args.num_heads=1", "model_args.stages=[1,1,1]",
+                "model_args.decoder_embed_dim=32", "model_args.decoder_depth=1", "model_args.decoder_num_heads=2"]
+    pretrain.run(load_config(PretrainConfig, "mae_hiera_fmnist", [
+        f"data.source={images}", "data.num_workers=0", "optim.batch_size=8", f"out_dir={tmp_path / 'mae'}",
+        "max_steps=2", "recon_images=0", *mae_tiny]))
+    encoder = load_file(str(tmp_path / "mae" / "encoder" / "model.safetensors"))
+    summary = run_ft(ft_args(tmp_path / "ft", images, f"init={tmp_path / 'mae'}", "max_steps=1",
+                             "trainable_blocks=1", "optim.base_lr=0"))
+    assert summary["trainable_params"] < sum(v.numel() for v in encoder.values())
+    tuned = load_file(str(tmp_path / "ft" / "last" / "model.safetensors"))
+    for k, v in encoder.items():  # frozen (and lr 0): the encoder's weights, unchanged
+        assert torch.equal(tuned[k], v), k
+
+
+def test_two_process_finetune_matches_one_process(tmp_path, images):
+    plain = ["aug.mixup=0", "aug.cutmix=0", "aug.smoothing=0", "aug.randaug=null", "aug.reprob=0", "drop_path=0",
+             "max_steps=3"]
+    run_ft(ft_args(tmp_path / "one", images, "optim.batch_size=8", *plain))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hieralab.cli",
+         "finetune", *ft_args(tmp_path / "two", images, "optim.batch_size=4", *plain)],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for (_, a), (_, b) in zip(losses(tmp_path / "one"), losses(tmp_path / "two"), strict=True):
+        assert a == pytest.approx(b, rel=1e-4)
+    assert (tmp_path / "two" / "best" / "classifier.json").exists()
+
+
+# ---------------------------------------------------------------- the commands
+def test_cli_eval_predict_linprobe_extract(tmp_path, images, capsys):
+    assert main(["finetune", *ft_args(tmp_path / "ft", images, "max_steps=3")]) == 0
+    assert "best top-1" in capsys.readouterr().out
+
+    assert main(["eval", str(tmp_path / "ft"), "--data", str(images)]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "ft" / "best" / "eval-test" / "metrics.json").read_text())
+    assert f"top-1 {metrics['top1']:.2f} %" in out and metrics["count"] == 48
+    assert (tmp_path / "ft" / "best" / "eval-test" / "confusion.png").exists()
+
+    assert main(["predict", str(images / "boxes" / "000.png"), "--checkpoint", str(tmp_path / "ft")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and {line.split()[-1] for line in lines} == {"boxes", "circles"}
+
+    assert main(["linprobe", *TINY, f"data.source={images}", "data.num_workers=0", f"init={tmp_path / 'ft' / 'last'}",
+                 "lrs=[0.1,1.0]", "epochs=3", "batch_size=16", "val_fraction=0.25",
+                 f"out_dir={tmp_path / 'probe'}"]) == 0
+    probe = json.loads((tmp_path / "probe" / "linprobe.json").read_text())
+    assert set(probe["top1_per_lr"]) == {"0.1", "1.0"} and probe["val"] == 12
+    assert (tmp_path / "probe" / "linprobe.png").exists() and (tmp_path / "probe" / "head.safetensors").exists()
+
+    common = ["--model", "hiera_mini_32", "--data", str(images), "--img-size", "32"]
+    small = ["--init", str(tmp_path / "ft" / "last")]
+    assert main(["extract", *common, "--out", str(tmp_path / "f.safetensors")]) == 0
+    feats = load_file(str(tmp_path / "f.safetensors"))
+    assert feats["features"].shape[0] == feats["labels"].shape[0] == 48
+    assert main(["extract", *common, "--out", str(tmp_path / "f.npy"), "--knn", "--knn-train", str(images)]) == 0
+    assert "k-NN (k=20) top-1" in capsys.readouterr().out
+    assert np.load(tmp_path / "f.npy").shape == tuple(feats["features"].shape)
+    assert np.load(tmp_path / "f.labels.npy").tolist() == feats["labels"].tolist()
+    assert main(["extract", *common, "--out", str(tmp_path / "s.safetensors"), "--stages"]) == 0
+    stages = load_file(str(tmp_path / "s.safetensors"))
+    assert [stages[f"stage{i}"].shape[1:] for i in range(3)] == [(64, 16, 16), (128, 8, 8), (256, 4, 4)]
+    # a save_pretrained folder brings its architecture (the tiny width here) ...
+    assert main(["extract", *common, *small, "--out", str(tmp_path / "t.safetensors")]) == 0
+    assert load_file(str(tmp_path / "t.safetensors"))["features"].shape == (48, 64)
+    # ... and weights of another family are a one-line error, with nothing written
+    assert main(["extract", *common[2:], "--model", "vit_mini_patch4_32", *small,
+                 "--out", str(tmp_path / "x.safetensors")]) == 1
+    assert "checkpoint does not fit" in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["finetune", "model=mae_hiera_mini_32"], "is an MAE model"),
+    (["finetune", "init=/nonexistent/run"], "no such file or folder"),
+    (["eval", "/nonexistent"], "is not a classifier folder"),
+    (["extract", "--model", "hiera_mini_32", "--out", "feats.txt"], "use a .safetensors or .npy"),
+])
+def test_cli_errors_are_one_line(argv, message, capsys):
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
