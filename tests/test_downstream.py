@@ -204,3 +204,14 @@ def test_cli_errors_are_one_line(argv, message, capsys):
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("model", ["t2t_vit_t_mini_32", "vit_mini_patch4_32"])
+def test_t2t_and_vit_encoders_go_through_the_same_pipeline(tmp_path, images, model):
+    shrink = ["model_args.depth=1", "model_args.embed_dim=32", "model_args.num_heads=2"]
+    common = [a for a in ft_args(tmp_path / "ft", images, "max_steps=2") if a not in TINY]
+    summary = run_ft([*common, f"model={model}", *shrink])
+    assert summary["steps"] == 2 and (tmp_path / "ft" / "best" / "classifier.json").exists()
+    assert main(["linprobe", f"model={model}", f"init={tmp_path / 'ft' / 'last'}", f"data.source={images}",
+                 "data.num_workers=0", "lrs=[0.1]", "epochs=1", "batch_size=8", f"out_dir={tmp_path / 'probe'}"]) == 0
+    assert json.loads((tmp_path / "probe" / "linprobe.json").read_text())["feature_dim"] == 32

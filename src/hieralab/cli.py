@@ -140,6 +140,19 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .tasks import export
+
+    r = export.run(args.model, args.out, checkpoint=args.checkpoint, batch=args.batch,
+                   dynamic_batch=args.dynamic_batch, img_size=args.img_size, frames=args.frames,
+                   check=not args.no_check)
+    checked = (f"; checked against the eager model at batch {r['checked_batch']}: max |diff| "
+               f"{r['max_abs_diff']:.2g}" if "max_abs_diff" in r else "")
+    print(f"wrote {r['out']} ({r['format']}, input {r['input_shape']}"
+          f"{', dynamic batch' if r['dynamic_batch'] else ''}){checked}")
+    return 0
+
+
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .tasks import reconstruct
 
@@ -300,8 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("study", help="does MAE help? linear probes (pixels / random init / MAE) and fine-tuning "
                                      "(scratch / MAE / last k blocks) on Fashion-MNIST, in one command")
-    p.add_argument("--encoder", default="vit_mini_patch4_32")
-    p.add_argument("--preset", default="mae_vit_fmnist", help="the MAE pretraining preset (its model must be "
+    p.add_argument("--encoder", default="vit_micro_patch4_32")
+    p.add_argument("--preset", default="mae_vit_micro_fmnist", help="the MAE pretraining preset (its model must be "
                                                                "mae_<encoder>)")
     p.add_argument("--pretrain-epochs", type=float, default=10)
     p.add_argument("--finetune-epochs", type=float, default=2)
@@ -313,6 +326,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", help="also copy study.md / .png / .json to this folder as mae_study.*")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="pretraining overrides, e.g. model_args.depth=4")
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("export", help="export a model to ONNX (.onnx, checked with onnxruntime) or torch.export "
+                                      "(.pt2)")
+    p.add_argument("model", help="a registered name, a save_pretrained folder, or a finetune run / its best/ last/")
+    p.add_argument("--out", required=True, help="NAME.onnx or NAME.pt2")
+    p.add_argument("--checkpoint", help="weights for a registered name (official, timm, T2T-ViT or ours)")
+    p.add_argument("--batch", type=int, default=1, help="batch of the example input (the fixed batch)")
+    p.add_argument("--dynamic-batch", action="store_true", help="a symbolic batch dimension")
+    p.add_argument("--img-size", type=int, help="input side (default: the model's)")
+    p.add_argument("--frames", type=int, help="video models: frames (default: the model's)")
+    p.add_argument("--no-check", action="store_true", help="skip the comparison with the eager model")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("reconstruct", help="PNG pictures of MAE reconstructions: original | masked | reconstruction "
                                            "| visible patches pasted back")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,9 @@ class PretrainConfig:
 class AugConfig:
     """Fine-tuning augmentation, the MAE / Hiera recipe through timm (``create_transform``, ``Mixup``)."""
 
-    randaug: str | None = "rand-m9-mstd0.5-inc1"  # timm's auto_augment string; None: off
+    # timm's auto_augment string (None: off). MAE's "rand-m9-mstd0.5-inc1", with the magnitude capped at 9: at 10,
+    # timm's increasing posterize asks Pillow (>= 10) for 0 bits, which it now refuses
+    randaug: str | None = "rand-m9-mstd0.5-inc1-mmax9"
     reprob: float = 0.25  # random erasing probability
     mixup: float = 0.8  # mixup alpha (0: off)
     cutmix: float = 1.0  # cutmix alpha (0: off)
@@ -173,6 +176,17 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _parse_value(raw: str) -> Any:
+    """A ``key=value`` value as YAML, except that ``1e-6`` is a float (YAML 1.1 reads it as a string)."""
+    if raw == "":
+        return None
+    value = yaml.safe_load(raw)
+    return float(value) if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value) else value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``["optim.base_lr=1e-3", "data.source=/imgs"]`` onto a nested dict; values are parsed as YAML."""
     data = yaml.safe_load(yaml.safe_dump(data))  # a deep copy
@@ -186,7 +200,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {p} is not a section")
-        node[leaf] = yaml.safe_load(raw) if raw != "" else None
+        node[leaf] = _parse_value(raw)
     return data
 
 

@@ -35,7 +35,7 @@ def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], *
 
 
 def finetune_transform(img_size: int, mean: Sequence[float], std: Sequence[float], *, channels: int = 3,
-                       randaug: str | None = "rand-m9-mstd0.5-inc1", reprob: float = 0.25,
+                       randaug: str | None = "rand-m9-mstd0.5-inc1-mmax9", reprob: float = 0.25,
                        scale: Sequence[float] = (0.08, 1.0), hflip: float = 0.5) -> Callable:
     """The MAE / Hiera fine-tuning augmentation, timm's ``create_transform``: RandomResizedCrop (bicubic), flip,
     RandAugment, normalise, random erasing. It runs on RGB; a 1-channel model gets the mean over channels."""

@@ -24,3 +24,5 @@ for name in ("vit_base_patch16_224", "vit_large_patch16_224", "vit_huge_patch14_
     register(f"mae_{name}", MaskedAutoencoderViT, **model_config(name), mask_ratio=0.75)
 register("mae_vit_mini_patch4_32", MaskedAutoencoderViT, **model_config("vit_mini_patch4_32"), mask_ratio=0.75,
          decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4)
+register("mae_vit_micro_patch4_32", MaskedAutoencoderViT, **model_config("vit_micro_patch4_32"), mask_ratio=0.75,
+         decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4)

@@ -19,3 +19,6 @@ for name, arch in VARIANTS.items():
 # A small ViT for 32 px images (Fashion-MNIST, the demo and tests): 4 px patches, 8x8 tokens.
 register("vit_mini_patch4_32", VisionTransformer, img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4,
          num_classes=10)
+# A smaller one for the MAE study (`hieralab study`): 64-d, 4 blocks, so that 10 MAE epochs fit in about 25 minutes.
+register("vit_micro_patch4_32", VisionTransformer, img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4,
+         num_classes=10)

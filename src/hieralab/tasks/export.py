@@ -1,0 +1,116 @@
+"""``hieralab export``: a model to ONNX (``.onnx``, checked with onnxruntime) or to ``torch.export`` (``.pt2``).
+
+The exported program is ``model(x)``: logits for a classifier, pooled features for an encoder built with
+``num_classes=0``. Both formats are traced through ``torch.export``; with ``dynamic_batch`` the batch dimension is
+symbolic (1..4096), otherwise fixed. The check runs the exported file on a fresh input (another batch size when it
+is dynamic) and compares it with the eager model; a difference over ``atol`` is an error, and the file is only
+renamed into place once it passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def example_input(model: nn.Module, batch: int, img_size: int | None = None, frames: int | None = None
+                  ) -> torch.Tensor:
+    """A random input of the model's native size (or ``img_size`` / ``frames``): ``[B, C, H, W]`` or
+    ``[B, C, T, H, W]``."""
+    cfg = model.config
+    if "input_size" in cfg:  # Hiera: (H, W) or (T, H, W)
+        size = list(cfg["input_size"])
+    else:
+        side = cfg.get("img_size", 224)
+        size = list(side) if isinstance(side, (list, tuple)) else [side, side]
+    if img_size:
+        size[-2:] = [img_size, img_size]
+    if frames and len(size) == 3:
+        size[0] = frames
+    return torch.randn(batch, model.in_chans, *size)
+
+
+def load_model(source: str, checkpoint: str | None = None, **overrides: Any) -> nn.Module:
+    """A ``save_pretrained`` / classifier folder, or a registered name (with ``checkpoint`` weights)."""
+    from ..models.checkpoint import from_pretrained
+    from ..models.registry import create_model
+
+    path = Path(source).expanduser()
+    if (path / "best" / "config.json").exists():
+        path = path / "best"
+    if (path / "config.json").exists():
+        return from_pretrained(path, **overrides).eval()
+    if path.exists():
+        raise FileNotFoundError(f"{path} has no config.json: export a save_pretrained folder or a model name")
+    return create_model(source, checkpoint=checkpoint, **overrides).eval()
+
+
+def _onnx(model: nn.Module, x: torch.Tensor, path: str, dynamic: bool) -> None:
+    shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic else None
+    torch.onnx.export(model, (x,), path, dynamo=True, dynamic_shapes=shapes, input_names=["pixels"],
+                      output_names=["output"], verbose=False)
+
+
+def _check_onnx(path: str, model: nn.Module, x: torch.Tensor) -> float:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise RuntimeError("checking an ONNX export needs onnxruntime: pip install 'hieralab[export]' (or pass "
+                           "--no-check)") from None
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    out = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+    with torch.no_grad():
+        return (out - model(x)).abs().max().item()
+
+
+def _pt2(model: nn.Module, x: torch.Tensor, path: str, dynamic: bool) -> None:
+    shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic else None
+    torch.export.save(torch.export.export(model, (x,), dynamic_shapes=shapes), path)
+
+
+def _check_pt2(path: str, model: nn.Module, x: torch.Tensor) -> float:
+    program = torch.export.load(path)
+    with torch.no_grad():
+        return (program.module()(x) - model(x)).abs().max().item()
+
+
+def run(source: str, out: str, *, checkpoint: str | None = None, batch: int = 1, dynamic_batch: bool = False,
+        img_size: int | None = None, frames: int | None = None, check: bool = True, atol: float = 1e-4
+        ) -> dict[str, Any]:
+    """Export, check, and move the file into place; returns what was written and the measured difference."""
+    out_path = Path(out)
+    kind = {".onnx": "onnx", ".pt2": "pt2"}.get(out_path.suffix)
+    if kind is None:
+        raise ValueError(f"--out {out}: use a .onnx (ONNX) or .pt2 (torch.export) file name")
+    model = load_model(source, checkpoint)
+    x = example_input(model, batch, img_size, frames)
+    with torch.no_grad():
+        model(x)  # a clear error for a bad size before the exporter's long ones
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.stem}.", suffix=out_path.suffix)
+    os.close(fd)
+    try:
+        (_onnx if kind == "onnx" else _pt2)(model, x, tmp, dynamic_batch)
+        result: dict[str, Any] = {"out": str(out_path), "format": kind, "input_shape": list(x.shape),
+                                  "dynamic_batch": dynamic_batch}
+        if check:
+            probe = example_input(model, batch + 2 if dynamic_batch else batch, img_size, frames)
+            diff = (_check_onnx if kind == "onnx" else _check_pt2)(tmp, model, probe)
+            result.update(max_abs_diff=diff, checked_batch=probe.shape[0])
+            if not diff <= atol:
+                raise RuntimeError(f"the exported model differs from the eager one by {diff:.3g} (> {atol:g}); "
+                                   "nothing was written")
+        os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    log.info("exported %s to %s", source, out_path)
+    return result

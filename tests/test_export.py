@@ -1,0 +1,68 @@
+"""Export round trips: ONNX (run with onnxruntime) and torch.export, for image and video Hiera, ViT and T2T-ViT at
+toy sizes, with a fixed or a dynamic batch."""
+
+import json
+
+import pytest
+import torch
+
+import hieralab
+from hieralab.cli import main
+from hieralab.tasks import export
+
+pytest.importorskip("onnxruntime")
+
+TOYS = {  # name: constructor overrides of a toy of the same class
+    "hiera_tiny_224": dict(stages=(1, 1, 1, 1), num_classes=7),
+    "hiera_base_16x224": dict(stages=(1, 1, 1, 1), num_classes=5),
+    "vit_mini_patch4_32": dict(depth=2),
+    "t2t_vit_mini_32": dict(depth=1),
+    "t2t_vit_t_mini_32": dict(depth=1),
+}
+
+
+def toy_folder(tmp_path, name):
+    model = hieralab.create_model(name, **TOYS[name])
+    model.save_pretrained(tmp_path / name)
+    return tmp_path / name, model.eval()
+
+
+@pytest.mark.parametrize("name", list(TOYS))
+def test_onnx_dynamic_batch_matches_eager(tmp_path, name):
+    folder, model = toy_folder(tmp_path, name)
+    size = dict(img_size=64, frames=4) if name.startswith("hiera") else {}
+    r = export.run(str(folder), str(tmp_path / "m.onnx"), batch=2, dynamic_batch=True, **size)
+    assert r["checked_batch"] == 4 and r["max_abs_diff"] <= 1e-4
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    x = export.example_input(model, 1, **size)
+    out = sess.run(None, {"pixels": x.numpy()})[0]
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(out), model(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["hiera_tiny_224", "t2t_vit_t_mini_32"])
+def test_torch_export_fixed_batch(tmp_path, name):
+    folder, model = toy_folder(tmp_path, name)
+    size = dict(img_size=64) if name.startswith("hiera") else {}
+    r = export.run(str(folder), str(tmp_path / "m.pt2"), batch=2, **size)
+    assert r["max_abs_diff"] <= 1e-4 and r["input_shape"][0] == 2
+    program = torch.export.load(str(tmp_path / "m.pt2"))
+    x = export.example_input(model, 2, **size)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), model(x), rtol=0, atol=1e-4)
+    with pytest.raises(Exception):  # a fixed batch is fixed
+        program.module()(export.example_input(model, 3, **size))
+
+
+def test_cli_export_and_errors(tmp_path, capsys):
+    folder, _ = toy_folder(tmp_path, "vit_mini_patch4_32")
+    assert main(["export", str(folder), "--out", str(tmp_path / "v.onnx"), "--dynamic-batch"]) == 0
+    out = capsys.readouterr().out
+    assert "dynamic batch" in out and "max |diff|" in out and (tmp_path / "v.onnx").exists()
+    assert main(["export", str(folder), "--out", str(tmp_path / "v.txt")]) == 1
+    assert "use a .onnx (ONNX) or .pt2" in capsys.readouterr().err
+    assert main(["export", str(folder), "--out", str(tmp_path / "w.onnx"), "--img-size", "30"]) == 1
+    assert "multiple of the patch size" in capsys.readouterr().err and not (tmp_path / "w.onnx").exists()
+    assert json.loads((folder / "config.json").read_text())["model_name"] == "vit_mini_patch4_32"
