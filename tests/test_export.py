@@ -52,7 +52,7 @@ def test_torch_export_fixed_batch(tmp_path, name):
     x = export.example_input(model, 2, **size)
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), model(x), rtol=0, atol=1e-4)
-    with pytest.raises(Exception):  # a fixed batch is fixed
+    with pytest.raises(AssertionError, match="Guard failed"):  # a fixed batch is fixed
         program.module()(export.example_input(model, 3, **size))
 
 
