@@ -25,6 +25,8 @@ class DataConfig:
     std: tuple[float, ...] | None = None
     limit: int | None = None  # use only the first N images (quick runs, tests)
     num_workers: int = 2
+    num_frames: int | None = None  # video: frames per clip (None: the model's, 16 for the Kinetics models)
+    frame_stride: int = 4  # video: take every n-th frame (Kinetics 16 x 4)
 
 
 @dataclass

@@ -20,14 +20,21 @@ import torch
 from ..mae.masking import random_visible, seeded_generator
 from . import fashion_mnist
 from .images import ImageFiles
+from .video import VideoClips
 
 log = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def build_dataset(source: str, split: str = "train", limit: int | None = None):
-    """``(dataset, mean, std, classes)`` for ``"fashion-mnist"`` or an image folder; ``limit`` keeps the first N."""
-    if source == "fashion-mnist":
+def build_dataset(source: str, split: str = "train", limit: int | None = None, *, video: bool = False):
+    """``(dataset, mean, std, classes)`` for ``"fashion-mnist"`` or an image folder (items ``(PIL image, label)``),
+    or with ``video`` a folder / list of clips (items ``(path, label)``); ``limit`` keeps the first N."""
+    if video:
+        if source == "fashion-mnist":
+            raise ValueError("a video model needs video data: set data.source to a folder of clips (class subfolders) "
+                             "or a .csv / .json list of (path, label)")
+        ds, mean, std = VideoClips(source), IMAGENET_MEAN, IMAGENET_STD
+    elif source == "fashion-mnist":
         ds, mean, std = fashion_mnist.FashionMNIST(split), fashion_mnist.MEAN, fashion_mnist.STD
     else:
         ds, mean, std = ImageFiles(source), IMAGENET_MEAN, IMAGENET_STD
@@ -60,9 +67,9 @@ def labelled_splits(data, val_source: str | None = None, val_fraction: float = 0
 
 
 class SeededSamples(torch.utils.data.Dataset):
-    """Wraps a ``(PIL image | None, label)`` dataset: indexed by ``(epoch, i)`` (see :class:`EpochSampler`), returns
-    ``{"x", "label"[, "visible"]}`` with the transform and the mask drawn from a ``(seed, epoch, i)`` generator, or
-    ``None`` for an unreadable image."""
+    """Wraps a ``(PIL image | None, label)`` (or ``(clip path, label)``) dataset: indexed by ``(epoch, i)`` (see
+    :class:`EpochSampler`), returns ``{"x", "label"[, "visible"]}`` with the transform and the mask drawn from a
+    ``(seed, epoch, i)`` generator, or ``None`` for an unreadable image or clip."""
 
     def __init__(self, dataset, transform: Callable, *, seed: int, num_units: int | None = None,
                  mask_ratio: float = 0.0):
@@ -91,6 +98,8 @@ class SeededSamples(torch.utils.data.Dataset):
             g.set_state(saved)
             random.setstate(saved_py)
             np.random.set_state(saved_np)
+        if x is None:  # a clip that could not be decoded
+            return None
         sample = {"x": x, "label": label}
         if self.num_units:
             g = seeded_generator(self.seed, epoch, i, 1)

@@ -3,7 +3,7 @@ plain-ViT MAE sizes."""
 
 from __future__ import annotations
 
-from ..models.hiera_configs import MINI_32, SIZES, VIDEO_16x224
+from ..models.hiera_configs import MINI_8x32, MINI_32, SIZES, VIDEO_16x224
 from ..models import vit_configs as _vit_configs  # noqa: F401  (the ViT sizes the MAE sizes build on)
 from ..models.registry import model_config, register
 from .hiera_mae import MaskedAutoencoderHiera
@@ -17,6 +17,8 @@ for size in ("base", "base_plus", "large", "huge"):
 
 register("mae_hiera_mini_32", MaskedAutoencoderHiera, **{**MINI_32, "q_pool": 1}, mask_ratio=0.6, decoder_embed_dim=128,
          decoder_depth=2, decoder_num_heads=4)
+register("mae_hiera_mini_8x32", MaskedAutoencoderHiera, **{**MINI_8x32, "q_pool": 1}, mask_ratio=0.9,
+         decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4)
 
 # Plain-ViT MAE (He et al. 2021): 75 % masking, decoder 512-d x 8 blocks x 16 heads for the ImageNet sizes.
 for name in ("vit_base_patch16_224", "vit_large_patch16_224", "vit_huge_patch14_224", "vit_tiny_patch16_224",

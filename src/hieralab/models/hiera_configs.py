@@ -35,3 +35,12 @@ MINI_32 = dict(
     mask_unit_attn=(True, True, False), patch_kernel=(3, 3), patch_stride=(2, 2), patch_padding=(1, 1),
 )
 register("hiera_mini_32", Hiera, **MINI_32, num_classes=10)
+
+# A small video Hiera (8 frames at 32 px; tests, CPU demos): 3x3x3 patches at stride 2 -> 4x16x16 tokens, mask units
+# of 1x4x4 tokens (64 per clip), separate space / time embeddings as the official video models.
+MINI_8x32 = dict(
+    input_size=(8, 32, 32), embed_dim=64, num_heads=2, stages=(1, 2, 2), q_pool=2, q_stride=(1, 2, 2),
+    mask_unit_size=(1, 4, 4), mask_unit_attn=(True, True, False), patch_kernel=(3, 3, 3), patch_stride=(2, 2, 2),
+    patch_padding=(1, 1, 1), pos_embed="separate",
+)
+register("hiera_mini_8x32", Hiera, **MINI_8x32, num_classes=10)

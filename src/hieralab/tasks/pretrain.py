@@ -20,6 +20,7 @@ from torch import nn
 from ..config import PretrainConfig, to_dict
 from ..data.pipeline import SeededSamples, build_dataset, steps_per_epoch, total_steps
 from ..data.transforms import mae_train_transform
+from ..data.video import video_train_transform
 from ..engine import checkpoints, distributed, loop
 from ..engine.loop import NonFiniteLossError, pick_device  # noqa: F401  (NonFiniteLossError: part of this API)
 from ..engine.optim import build_adamw
@@ -32,9 +33,12 @@ from ..models.registry import create_model
 log = logging.getLogger(__name__)
 
 
-def input_geometry(model: nn.Module, img_size: int) -> tuple[tuple[int, ...], int]:
-    """``([C, H, W], #MU)`` of the model's input at ``img_size``; a one-line error for sizes that do not divide."""
-    shape = (model.encoder.in_chans, img_size, img_size)
+def input_geometry(model: nn.Module, img_size: int, num_frames: int | None = None) -> tuple[tuple[int, ...], int]:
+    """``([C, (T,) H, W], #MU)`` of the model's input at ``img_size`` (and ``num_frames`` for video: default the
+    model's); a one-line error for sizes that do not divide into mask units."""
+    enc = model.encoder
+    frames = (num_frames or enc.config["input_size"][0],) if enc.ndim == 3 else ()
+    shape = (enc.in_chans, *frames, img_size, img_size)
     return shape, math.prod(model.num_units(torch.empty(1, *shape, device="meta")))
 
 
@@ -54,10 +58,16 @@ def run(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)  # the initial weights
     model = build_model(cfg).to(device)
     mask_ratio = model.mask_ratio if cfg.mask_ratio is None else cfg.mask_ratio
-    shape, num_units = input_geometry(model, cfg.data.img_size)
-    dataset, mean, std, _ = build_dataset(cfg.data.source, cfg.data.split, cfg.data.limit)
-    transform = mae_train_transform(cfg.data.img_size, cfg.data.mean or mean, cfg.data.std or std,
-                                    scale=cfg.data.crop_scale, hflip=cfg.data.hflip, channels=shape[0])
+    d = cfg.data
+    video = model.encoder.ndim == 3
+    shape, num_units = input_geometry(model, d.img_size, d.num_frames)
+    dataset, mean, std, _ = build_dataset(d.source, d.split, d.limit, video=video)
+    if video:
+        transform = video_train_transform(shape[1], d.frame_stride, d.img_size, d.mean or mean, d.std or std,
+                                          scale=d.crop_scale, hflip=d.hflip)
+    else:
+        transform = mae_train_transform(d.img_size, d.mean or mean, d.std or std, scale=d.crop_scale, hflip=d.hflip,
+                                        channels=shape[0])
     samples = SeededSamples(dataset, transform, seed=cfg.seed, num_units=num_units, mask_ratio=mask_ratio)
     o = cfg.optim
     per_epoch = steps_per_epoch(len(dataset), o.batch_size, o.accum_steps, dist.world)
@@ -115,10 +125,16 @@ def _finish(cfg: PretrainConfig, model: nn.Module, run_dir: Path) -> dict[str, s
         out["loss_curve"] = str(plot_curve(run_dir / "log.csv", run_dir / "loss_curve.png",
                                            title=f"MAE pretraining of {cfg.model}"))
     if cfg.recon_images > 0:
-        from .reconstruct import reconstruct_dataset
+        from .reconstruct import reconstruct_dataset, reconstruct_videos
 
-        split = "test" if cfg.data.source == "fashion-mnist" else cfg.data.split
-        paths = reconstruct_dataset(model, cfg.data.source, split, run_dir / "reconstructions", cfg.data.img_size,
-                                    num=cfg.recon_images, generator=seeded_generator(cfg.seed, -1))
+        d, g = cfg.data, seeded_generator(cfg.seed, -1)
+        if model.encoder.ndim == 3:
+            frames = d.num_frames or model.encoder.config["input_size"][0]
+            paths = reconstruct_videos(model, d.source, run_dir / "reconstructions", d.img_size, frames,
+                                       d.frame_stride, num=cfg.recon_images, generator=g)
+        else:
+            split = "test" if d.source == "fashion-mnist" else d.split
+            paths = reconstruct_dataset(model, d.source, split, run_dir / "reconstructions", d.img_size,
+                                        num=cfg.recon_images, generator=g)
         out["reconstructions"] = str(paths[0].parent)
     return out

@@ -2,7 +2,8 @@
 
 Each picture is one image: original | masked input | reconstruction | reconstruction with the visible patches pasted
 back. The reconstruction is un-normalised with each patch's own mean and variance (the model predicts normalised
-pixels when trained with ``norm_pix_loss``), then with the dataset's mean and std.
+pixels when trained with ``norm_pix_loss``), then with the dataset's mean and std. A clip gives a frame strip (the
+four rows, one column per label frame) and an animated GIF of the four panels side by side.
 """
 
 from __future__ import annotations
@@ -65,6 +66,62 @@ def save_panels(panels: dict[str, torch.Tensor], mean: Sequence[float], std: Seq
     return paths
 
 
+def save_video_panels(panels: dict[str, torch.Tensor], mean: Sequence[float], std: Sequence[float], out_dir: Path,
+                      names: Sequence[str], *, fps: float = 4.0) -> list[Path]:
+    """Per clip (panels ``[B, C, T, H, W]``): ``<name>.png``, a strip with the four panels as rows and the frames as
+    columns, and ``<name>.gif``, the four panels side by side over time."""
+    from PIL import Image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    C = panels["original"].shape[1]
+    m = torch.tensor(mean[:C]).view(1, C, 1, 1, 1)
+    s = torch.tensor(std[:C]).view(1, C, 1, 1, 1)
+    pix = {k: (v * s + m).clamp(0, 1) for k, v in panels.items()}  # [B, C, T, H, W] in [0, 1]
+    scale = max(1, math.ceil(96 / pix["original"].shape[-1]))
+    if scale > 1:
+        pix = {k: v.repeat_interleave(scale, -1).repeat_interleave(scale, -2) for k, v in pix.items()}
+    keys = ("original", "masked", "reconstruction", "pasted")
+    paths = []
+    for i, name in enumerate(names):
+        T = pix["original"].shape[2]
+        strip = torch.stack([pix[k][i, :, t] for k in keys for t in range(T)])  # [4T, C, H, W], row = panel
+        save_image(make_grid(strip, nrow=T, padding=2, pad_value=1.0), out_dir / f"{name}.png")
+        frames = []
+        for t in range(T):
+            row = make_grid(torch.stack([pix[k][i, :, t] for k in keys]), nrow=4, padding=2, pad_value=1.0)
+            frames.append(Image.fromarray((row.permute(1, 2, 0) * 255).round().byte().numpy()))
+        frames[0].save(out_dir / f"{name}.gif", save_all=True, append_images=frames[1:], duration=int(1000 / fps),
+                       loop=0)
+        paths.append(out_dir / f"{name}.png")
+    return paths
+
+
+def reconstruct_videos(model: nn.Module, source: str, out_dir: Path, img_size: int, num_frames: int, stride: int,
+                       *, num: int = 4, generator: torch.Generator | None = None,
+                       mask_ratio: float | None = None) -> list[Path]:
+    """Reconstruct the middle clip (centre crop) of the first ``num`` videos of a folder or list."""
+    from ..data.video import read_clip, uniform_starts, video_eval_views, video_frame_count
+
+    dataset, mean, std, _ = build_dataset(source, "train", num, video=True)
+    xs, names = [], []
+    for i in range(len(dataset)):
+        path, _ = dataset[i]
+        try:
+            start = uniform_starts(video_frame_count(path), num_frames, stride, 1)[0]
+        except Exception:
+            continue
+        clip = read_clip(path, num_frames, stride, start=start)
+        if clip is not None:
+            xs.append(video_eval_views(clip, img_size, mean, std)[0])  # [3, T, S, S]
+            names.append(f"recon_{i:03d}")
+    if not xs:
+        raise ValueError(f"no readable clips in {source}")
+    x = torch.stack(xs).to(next(model.parameters()).device)
+    visible = model.random_visible(x, mask_ratio, generator=generator)
+    panels = {k: v.cpu() for k, v in reconstruction_panels(model, x, visible).items()}
+    return save_video_panels(panels, mean, std, out_dir, names)
+
+
 def reconstruct_dataset(model: nn.Module, source: str, split: str, out_dir: Path, img_size: int, *, num: int = 8,
                         generator: torch.Generator | None = None, mask_ratio: float | None = None) -> list[Path]:
     """Reconstruct the first ``num`` images of a dataset; returns the PNG paths (``out_dir/overview.png`` too)."""
@@ -123,7 +180,12 @@ def run(path: str, *, images: str | None = None, split: str | None = None, num: 
     size = img_size or data.get("img_size") or model.encoder.stored_grid[-1] * model.encoder.patch_stride[-1]
     out_dir = Path(out) if out else Path(path) / "reconstructions"
     g = torch.Generator().manual_seed(seed)
-    paths = reconstruct_dataset(model, source, split, out_dir, size, num=num, generator=g, mask_ratio=mask_ratio)
+    if model.encoder.ndim == 3:
+        frames = data.get("num_frames") or model.encoder.config["input_size"][0]
+        paths = reconstruct_videos(model, source, out_dir, size, frames, data.get("frame_stride", 4), num=num,
+                                   generator=g, mask_ratio=mask_ratio)
+    else:
+        paths = reconstruct_dataset(model, source, split, out_dir, size, num=num, generator=g, mask_ratio=mask_ratio)
     (out_dir / "reconstructions.json").write_text(json.dumps({"source": source, "split": split, "seed": seed,
                                                               "images": [p.name for p in paths]}, indent=2) + "\n")
     return paths

@@ -1,0 +1,188 @@
+"""Video clips: decoding with PyAV, the Kinetics clip sampling of MViT / Hiera, and labelled clip collections.
+
+Sampling (``clip_indices``): a clip is ``num_frames`` frames taken every ``stride`` frames (16 x 4 for Hiera on
+Kinetics), so it spans ``num_frames * stride`` source frames. Training takes one span at a random start; testing
+takes ``num_clips`` spans at evenly spaced starts (the "3 x 5 views" protocol: 3 spatial crops of each of 5 clips,
+logits averaged). A video shorter than the span is looped (indices wrap around), never an error.
+
+A collection is a folder of class subfolders of clips, or a CSV / JSON list of ``(path, label)``. An unreadable or
+empty clip comes back as ``None`` and is counted by the collate function, as unreadable images are.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
+
+
+def clip_indices(total: int, num_frames: int, stride: int, *, start: int | None = None,
+                 generator: torch.Generator | None = None) -> list[int]:
+    """Frame indices of one clip in a video of ``total`` frames: ``start + stride * i``, wrapping around when the
+    video is shorter than the span. ``start=None`` draws it uniformly (training)."""
+    if total < 1:
+        raise ValueError("a clip needs a video with at least one frame")
+    span = num_frames * stride
+    if start is None:
+        start = int(torch.randint(0, max(1, total - span + 1), (1,), generator=generator))
+    return [(start + stride * i) % total for i in range(num_frames)]
+
+
+def uniform_starts(total: int, num_frames: int, stride: int, num_clips: int) -> list[int]:
+    """Evenly spaced clip starts for testing (the temporal views), the first at 0 and the last ending at the end."""
+    room = max(0, total - num_frames * stride)
+    if num_clips == 1:
+        return [room // 2]
+    return [round(room * k / (num_clips - 1)) for k in range(num_clips)]
+
+
+def video_frame_count(path: str | os.PathLike) -> int:
+    """Frames in the first video stream: the container's count, or a decode when the container does not say."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        if stream.frames:
+            return stream.frames
+        return sum(1 for _ in container.decode(stream))
+
+
+def decode_frames(path: str | os.PathLike, indices: Sequence[int]) -> torch.Tensor:
+    """Frames ``indices`` (any order, repeats allowed) of the first video stream as ``uint8 [T, H, W, 3]`` (RGB).
+
+    Decodes once from the start up to the last index needed; an index past the end (a container that over-reports
+    its frame count) takes the last decoded frame.
+    """
+    import av
+
+    wanted, stop = set(indices), max(indices)
+    found: dict[int, torch.Tensor] = {}
+    last = None
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for i, frame in enumerate(container.decode(stream)):
+            if i in wanted:
+                found[i] = torch.from_numpy(frame.to_ndarray(format="rgb24"))
+            last = frame
+            if i >= stop:
+                break
+        if last is None:
+            raise ValueError(f"{path}: no video frames")
+        tail = None
+        for i in wanted - found.keys():  # past the real end
+            tail = tail if tail is not None else torch.from_numpy(last.to_ndarray(format="rgb24"))
+            found[i] = tail
+    return torch.stack([found[i] for i in indices])  # [T, H, W, 3]
+
+
+class VideoClips(torch.utils.data.Dataset):
+    """``(path, label)`` items of a clip collection; labels index ``classes``.
+
+    ``source`` is a folder (class subfolders of clips, or a flat folder: label -1) or a ``.csv`` (rows ``path,label``;
+    an optional header) / ``.json`` (a list of ``[path, label]`` or ``{"path", "label"}``) file whose relative paths
+    are read from the file's folder. Labels in a list may be names or integers.
+    """
+
+    def __init__(self, source: str | os.PathLike):
+        src = Path(source).expanduser()
+        if not src.exists():
+            raise FileNotFoundError(f"video source {src} does not exist; give a folder of clips or a .csv/.json list")
+        if src.is_dir():
+            items = self._from_folder(src)
+        elif src.suffix.lower() in (".csv", ".json"):
+            items = self._from_list(src)
+        else:
+            raise ValueError(f"video source {src}: use a folder of clips or a .csv / .json list of (path, label)")
+        if not items:
+            raise ValueError(f"no clips in {src} (looked for {', '.join(VIDEO_EXTENSIONS)})")
+        self.items = items
+
+    def _from_folder(self, root: Path) -> list[tuple[Path, int]]:
+        def clips(d: Path) -> list[Path]:
+            return sorted(p for p in d.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+        subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        self.classes = [d.name for d in subdirs]
+        items = [(p, label) for label, d in enumerate(subdirs) for p in clips(d)]
+        return items + [(p, -1) for p in clips(root)]
+
+    def _from_list(self, path: Path) -> list[tuple[Path, int]]:
+        if path.suffix.lower() == ".json":
+            rows = [(r["path"], r["label"]) if isinstance(r, dict) else tuple(r) for r in json.loads(path.read_text())]
+        else:
+            rows = [tuple(r[:2]) for r in csv.reader(path.open()) if r and not r[0].startswith("#")]
+            if rows and rows[0][0].strip().lower() == "path":
+                rows = rows[1:]
+        labels = [str(label).strip() for _, label in rows]
+        if all(label.lstrip("-").isdigit() for label in labels):
+            ids = [int(label) for label in labels]
+            self.classes = [str(i) for i in range(max(ids) + 1)] if ids else []
+        else:
+            self.classes = sorted(set(labels))
+            ids = [self.classes.index(label) for label in labels]
+        return [((path.parent / p.strip()), i) for (p, _), i in zip(rows, ids)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[Path, int]:
+        return self.items[i]
+
+
+def read_clip(path: Path, num_frames: int, stride: int, *, start: int | None = None,
+              generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """One sampled clip ``uint8 [T, H, W, 3]``, or ``None`` (logged) when the file cannot be decoded."""
+    try:
+        total = video_frame_count(path)
+        return decode_frames(path, clip_indices(total, num_frames, stride, start=start, generator=generator))
+    except Exception as e:  # corrupt, truncated, not a video, no video stream: skipped and counted
+        log.debug("skipping unreadable clip %s (%s)", path, e)
+        return None
+
+
+def video_train_transform(num_frames: int, stride: int, img_size: int, mean: Sequence[float], std: Sequence[float],
+                          *, scale: Sequence[float] = (0.2, 1.0), hflip: bool = True):
+    """``path -> float [3, T, H, W]`` or ``None``: a clip at a random start (drawn from the global torch generator,
+    which ``SeededSamples`` seeds per sample), one RandomResizedCrop and flip for all its frames, normalised."""
+    from torchvision.transforms import v2
+
+    spatial = v2.Compose([
+        v2.RandomResizedCrop(img_size, scale=tuple(scale), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        *([v2.RandomHorizontalFlip()] if hflip else []),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(mean), list(std)),
+    ])
+
+    def transform(path: Path) -> torch.Tensor | None:
+        clip = read_clip(path, num_frames, stride)
+        if clip is None:
+            return None
+        return spatial(clip.permute(0, 3, 1, 2)).permute(1, 0, 2, 3)  # [T, 3, H, W] (one crop) -> [3, T, H, W]
+
+    return transform
+
+
+def video_eval_views(clip: torch.Tensor, img_size: int, mean: Sequence[float], std: Sequence[float], *,
+                     spatial_crops: int = 1) -> torch.Tensor:
+    """``uint8 [T, H, W, 3]`` -> ``float [views, 3, T, S, S]``: the short side resized to ``img_size``, then the
+    centre crop (1 view) or ``spatial_crops`` crops evenly along the long side (3: left / centre / right, as
+    SlowFast / MViT / Hiera test)."""
+    from torchvision.transforms import v2
+
+    x = v2.functional.resize(clip.permute(0, 3, 1, 2), img_size, interpolation=v2.InterpolationMode.BICUBIC,
+                             antialias=True)  # [T, 3, H', W'] with min(H', W') = img_size
+    x = v2.functional.to_dtype(x, torch.float32, scale=True)
+    x = v2.functional.normalize(x, list(mean), list(std))
+    H, W = x.shape[-2:]
+    long_side, n = max(H, W), spatial_crops
+    starts = [(long_side - img_size) // 2] if n == 1 else [round((long_side - img_size) * k / (n - 1)) for k in range(n)]
+    views = [x[..., s:s + img_size, :img_size] if H > W else x[..., :img_size, s:s + img_size] for s in starts]
+    return torch.stack([v.permute(1, 0, 2, 3) for v in views])  # [views, 3, T, S, S]

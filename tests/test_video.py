@@ -1,0 +1,128 @@
+"""Video data: PyAV decoding, Kinetics clip sampling, clip collections, corrupt clips, and a tiny video MAE run from
+the CLI with its frame-strip and GIF reconstructions. Clips the tests encode themselves, and the official examples
+in ../shared/media when present."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import MEDIA
+from hieralab.cli import main
+from hieralab.data.pipeline import SeededSamples, collate
+from hieralab.data.video import (VideoClips, clip_indices, decode_frames, read_clip, uniform_starts,
+                                 video_eval_views, video_frame_count, video_train_transform)
+
+av = pytest.importorskip("av")
+
+
+def write_clip(path: Path, frames: int = 24, size: tuple[int, int] = (40, 48), phase: int = 0) -> Path:
+    """A clip whose frame i has brightness 8 * i (so a decoded frame tells its index) and a bar that moves."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.height, stream.width = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"qscale": "2"}
+        for i in range(frames):
+            img = torch.full((*size, 3), 8 * i + 20, dtype=torch.uint8)
+            x = (4 * i + phase) % (size[1] - 6)
+            img[:, x:x + 6] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img.numpy(), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("clips")
+    for i in range(6):
+        write_clip(root / ("left" if i % 2 else "right") / f"{i}.mp4", frames=20 + i, phase=3 * i)
+    (root / "left" / "broken.mp4").write_bytes(b"not a video at all")
+    return root
+
+
+def test_clip_sampling_is_kinetics_and_loops_short_videos():
+    assert clip_indices(100, 4, 3, start=10) == [10, 13, 16, 19]
+    assert clip_indices(10, 4, 4, start=0) == [0, 4, 8, 2]  # shorter than the span: the video loops
+    g = torch.Generator().manual_seed(0)
+    starts = {clip_indices(100, 16, 4, generator=g)[0] for _ in range(200)}
+    assert min(starts) >= 0 and max(starts) <= 100 - 64 and len(starts) > 20
+    assert uniform_starts(150, 16, 4, 5) == [0, 22, 43, 64, 86] and uniform_starts(30, 16, 4, 3) == [0, 0, 0]
+
+
+def test_decode_returns_the_requested_frames(tmp_path):
+    path = write_clip(tmp_path / "c.mp4", frames=24)
+    assert video_frame_count(path) == 24
+    frames = decode_frames(path, [9, 2, 2, 20])
+    assert frames.shape == (4, 40, 48, 3) and frames.dtype == torch.uint8
+    brightness = frames.float().flatten(1).median(1).values  # the background, not the moving bar
+    expected = torch.tensor([9, 2, 2, 20]) * 8.0 + 20
+    assert (brightness - expected).abs().max() < 6  # lossy codec, each frame within a few levels of its own index
+    assert decode_frames(path, [23, 40]).shape[0] == 2  # past the end: the last frame
+
+
+def test_collections_from_folders_and_lists(tmp_path, clips):
+    ds = VideoClips(clips)
+    assert ds.classes == ["left", "right"] and len(ds) == 7
+    rows = [(str(p.relative_to(clips)), ds.classes[label]) for p, label in ds.items]
+    (clips / "list.csv").write_text("path,label\n" + "".join(f"{p},{label}\n" for p, label in rows))
+    (clips / "list.json").write_text(json.dumps([{"path": p, "label": label} for p, label in rows]))
+    for name in ("list.csv", "list.json"):
+        listed = VideoClips(clips / name)
+        assert listed.classes == ["left", "right"] and [lbl for _, lbl in listed.items] == [lbl for _, lbl in ds.items]
+    with pytest.raises(ValueError, match="no clips"):
+        VideoClips(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        VideoClips(tmp_path / "missing")
+
+
+def test_corrupt_clips_are_skipped_and_counted(clips):
+    ds = VideoClips(clips)
+    broken = next(i for i, (p, _) in enumerate(ds.items) if p.name == "broken.mp4")
+    assert read_clip(ds.items[broken][0], 8, 2) is None
+    samples = SeededSamples(ds, video_train_transform(8, 2, 32, (0.5,) * 3, (0.25,) * 3), seed=0)
+    batch = collate([samples[(0, i)] for i in range(len(ds))])
+    assert batch["skipped"] == 1 and batch["x"].shape == (6, 3, 8, 32, 32)
+    again = collate([samples[(0, i)] for i in range(len(ds))])
+    assert torch.equal(batch["x"], again["x"])  # the clip start and crop are drawn from (seed, epoch, index)
+
+
+def test_eval_views_are_even_crops_along_the_long_side():
+    clip = torch.arange(48, dtype=torch.uint8).view(1, 1, 48, 1).expand(2, 24, 48, 3).contiguous()
+    views = video_eval_views(clip, 24, (0.0,) * 3, (1.0,) * 3, spatial_crops=3)  # no resize: short side is 24
+    assert views.shape == (3, 3, 2, 24, 24)
+    firsts = (views[:, 0, 0, 0, 0] * 255).round().tolist()
+    assert firsts == [0, 12, 24]  # left, centre, right
+
+
+@pytest.mark.skipif(not (MEDIA / "dog.mp4").exists(), reason="../shared/media is absent")
+def test_real_clips_decode_at_kinetics_sampling():
+    for name in ("dog.mp4", "goat.mp4"):
+        path = MEDIA / name
+        n = video_frame_count(path)
+        clip = read_clip(path, 16, 4, start=uniform_starts(n, 16, 4, 1)[0])
+        assert clip.shape[0] == 16 and clip.shape[-1] == 3 and clip.float().std() > 10
+        views = video_eval_views(clip, 224, (0.45,) * 3, (0.225,) * 3, spatial_crops=3)
+        assert views.shape == (3, 3, 16, 224, 224)
+
+
+def test_cli_video_mae_pretrain_and_reconstruct(tmp_path, clips, capsys):
+    tiny = ["model=mae_hiera_mini_8x32", "model_args.in_chans=3", "model_args.embed_dim=16", "model_args.num_heads=1",
+            "model_args.stages=[1,1,1]", "model_args.decoder_embed_dim=32", "model_args.decoder_depth=1",
+            "model_args.decoder_num_heads=2"]
+    run = tmp_path / "run"
+    assert main(["pretrain", *tiny, f"data.source={clips}", "data.num_workers=0", "data.frame_stride=2",
+                 "optim.batch_size=3", "epochs=1", "recon_images=2", f"out_dir={run}"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["skipped_images"] >= 1
+    gif = Image.open(run / "reconstructions" / "recon_000.gif")
+    assert gif.n_frames == 4  # 8 frames, one label frame per 2-frame token
+    strip = Image.open(run / "reconstructions" / "recon_000.png")
+    assert strip.size == (4 * 98 + 2, 4 * 98 + 2)  # 4 label frames across, 4 panels down, each 96 px + padding
+    assert main(["reconstruct", str(run), "--num", "1", "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "recon_000.gif").exists()
