@@ -126,3 +126,32 @@ def test_cli_video_mae_pretrain_and_reconstruct(tmp_path, clips, capsys):
     assert strip.size == (4 * 98 + 2, 4 * 98 + 2)  # 4 label frames across, 4 panels down, each 96 px + padding
     assert main(["reconstruct", str(run), "--num", "1", "--out", str(tmp_path / "again")]) == 0
     assert (tmp_path / "again" / "recon_000.gif").exists()
+
+
+def test_multiview_scores_average_the_views_probabilities():
+    from hieralab.tasks.evaluate import multiview_scores
+
+    table = torch.tensor([[10.0, 0.0], [0.0, 2.0], [0.0, 2.0]])  # view v of any clip -> these logits
+
+    def fn(x):  # x [B * V, ...]; the view index is written in the input
+        return table[x[:, 0, 0, 0, 0].long()]
+
+    views = torch.arange(3.0).view(1, 3, 1, 1, 1, 1).expand(2, 3, 1, 1, 1, 1)
+    scores = multiview_scores(fn, views)
+    expected = table.softmax(-1).mean(0).log()
+    torch.testing.assert_close(scores, expected.expand(2, 2))
+    assert scores.argmax(-1).tolist() == [1, 1]  # two views for class 1 win; one saturated view cannot outvote them
+    assert table.mean(0).argmax().item() == 0  # as it would if the logits were averaged
+
+
+def test_cli_video_finetune_and_multiview_eval(tmp_path, clips, capsys):
+    tiny = ["model=hiera_mini_8x32", "model_args.embed_dim=16", "model_args.num_heads=1", "model_args.stages=[1,1,1]"]
+    run = tmp_path / "ft"
+    assert main(["finetune", *tiny, f"data.source={clips}", "data.num_workers=0", "data.frame_stride=2",
+                 "optim.batch_size=2", "max_steps=2", "val_fraction=0.3", "eval_every=1", f"out_dir={run}"]) == 0
+    meta = json.loads((run / "best" / "classifier.json").read_text())
+    assert meta["num_frames"] == 8 and meta["frame_stride"] == 2
+    assert main(["eval", str(run), "--data", str(clips), "--temporal-views", "2", "--spatial-views", "3"]) == 0
+    metrics = json.loads((run / "best" / "eval-test" / "metrics.json").read_text())
+    assert metrics["views"] == [2, 3] and metrics["count"] == 6  # the broken clip is skipped
+    assert "top-1" in capsys.readouterr().out

@@ -93,7 +93,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .tasks import evaluate
 
     m = evaluate.run_eval(args.checkpoint, source=args.data, split=args.split, out=args.out,
-                          img_size=args.img_size, limit=args.limit)
+                          img_size=args.img_size, limit=args.limit, temporal_views=args.temporal_views,
+                          spatial_views=args.spatial_views)
     print(f"top-1 {m['top1']:.2f} %  top-5 {m['top5']:.2f} %  ({m['count']} images)")
     print(f"  wrote {m['out']}/metrics.json and confusion.png")
     return 0
@@ -288,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: <checkpoint>/eval-<split>)")
     p.add_argument("--img-size", type=int, help="default: the size it was trained at")
     p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--temporal-views", type=int, default=1, help="video: clips per video, evenly spaced (5 for "
+                                                                      "the Kinetics protocol)")
+    p.add_argument("--spatial-views", type=int, default=1, help="video: crops per clip along the long side (3)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-5 labels of a classifier for one image")

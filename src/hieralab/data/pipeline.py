@@ -44,13 +44,13 @@ def build_dataset(source: str, split: str = "train", limit: int | None = None, *
     return ds, mean, std, classes
 
 
-def labelled_splits(data, val_source: str | None = None, val_fraction: float = 0.1):
+def labelled_splits(data, val_source: str | None = None, val_fraction: float = 0.1, *, video: bool = False):
     """``(train, val, classes, mean, std)`` for supervised work on a :class:`~hieralab.config.DataConfig`'s source:
-    Fashion-MNIST's train / test splits, a folder with a separate ``val_source`` folder, or a folder with a fixed
-    ``val_fraction`` held out (the same images in every run)."""
-    train, mean, std, classes = build_dataset(data.source, data.split, data.limit)
+    Fashion-MNIST's train / test splits, a folder (or clip list) with a separate ``val_source``, or with a fixed
+    ``val_fraction`` held out (the same items in every run)."""
+    train, mean, std, classes = build_dataset(data.source, data.split, data.limit, video=video)
     if val_source:
-        val, _, _, val_classes = build_dataset(val_source, data.split, None)
+        val, _, _, val_classes = build_dataset(val_source, data.split, None, video=video)
         if val_classes != classes:
             raise ValueError(f"val_source {val_source} has classes {val_classes[:4]}..., the training data "
                              f"{classes[:4]}...; use the same class folders")

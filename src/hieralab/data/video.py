@@ -186,3 +186,22 @@ def video_eval_views(clip: torch.Tensor, img_size: int, mean: Sequence[float], s
     starts = [(long_side - img_size) // 2] if n == 1 else [round((long_side - img_size) * k / (n - 1)) for k in range(n)]
     views = [x[..., s:s + img_size, :img_size] if H > W else x[..., :img_size, s:s + img_size] for s in starts]
     return torch.stack([v.permute(1, 0, 2, 3) for v in views])  # [views, 3, T, S, S]
+
+
+def video_eval_transform(num_frames: int, stride: int, img_size: int, mean: Sequence[float], std: Sequence[float],
+                         *, temporal_views: int = 1, spatial_views: int = 1):
+    """``path -> float [views, 3, T, S, S]`` or ``None``: ``temporal_views`` evenly spaced clips, each cut into
+    ``spatial_views`` crops (the Kinetics test protocol is 5 x 3 for Hiera-B / 7 x 3 for MViT), clip-major order."""
+
+    def transform(path: Path) -> torch.Tensor | None:
+        try:
+            total = video_frame_count(path)
+            views = [video_eval_views(decode_frames(path, clip_indices(total, num_frames, stride, start=s)),
+                                      img_size, mean, std, spatial_crops=spatial_views)
+                     for s in uniform_starts(total, num_frames, stride, temporal_views)]
+        except Exception as e:
+            log.debug("skipping unreadable clip %s (%s)", path, e)
+            return None
+        return torch.cat(views)  # [temporal * spatial, 3, T, S, S]
+
+    return transform

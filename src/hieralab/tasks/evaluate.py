@@ -28,7 +28,8 @@ CLASSIFIER_NAME = "classifier.json"
 
 
 class Transformed(torch.utils.data.Dataset):
-    """``(PIL image | None, label)`` -> ``{"x", "label"}`` through ``transform`` (None for an unreadable image)."""
+    """``(PIL image | None, label)`` or ``(clip path, label)`` -> ``{"x", "label"}`` through ``transform`` (None for
+    an unreadable image or clip)."""
 
     def __init__(self, dataset, transform: Callable):
         self.dataset, self.transform = dataset, transform
@@ -38,7 +39,8 @@ class Transformed(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any] | None:
         image, label = self.dataset[i]
-        return None if image is None else {"x": self.transform(image), "label": label}
+        x = None if image is None else self.transform(image)  # a clip transform returns None for a bad file
+        return None if x is None else {"x": x, "label": label}
 
 
 @torch.no_grad()
@@ -56,12 +58,23 @@ def predict_logits(model: nn.Module, dataset, transform: Callable, *, device: to
         if batch["size"] == 0:
             continue
         x = batch["x"].to(device)
-        outs.append((fn or model)(x).float().cpu())
+        if x.dim() == 6:  # video views [B, V, C, T, H, W]: average the views' probabilities (the Kinetics protocol)
+            outs.append(multiview_scores(fn or model, x).cpu())
+        else:
+            outs.append((fn or model)(x).float().cpu())
         labels.append(batch["label"])
     model.train(was_training)
     if not outs:
         raise ValueError("no readable images to evaluate")
     return torch.cat(outs), torch.cat(labels)
+
+
+def multiview_scores(fn: Callable[[torch.Tensor], torch.Tensor], views: torch.Tensor) -> torch.Tensor:
+    """``[B, V, ...]`` views -> ``[B, K]``: the log of the views' mean softmax, as the official video test averages
+    its (softmax) head outputs over the clips and crops; argmax and top-k are those of the mean probability."""
+    B, V = views.shape[:2]
+    probs = fn(views.flatten(0, 1)).float().softmax(-1).view(B, V, -1).mean(1)  # [B, K]
+    return probs.clamp_min(1e-12).log()
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -135,25 +148,35 @@ def load_classifier(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def run_eval(checkpoint: str, *, source: str = "fashion-mnist", split: str = "test", out: str | None = None,
-             img_size: int | None = None, limit: int | None = None, device: str = "cpu") -> dict[str, Any]:
+             img_size: int | None = None, limit: int | None = None, device: str = "cpu", temporal_views: int = 1,
+             spatial_views: int = 1) -> dict[str, Any]:
     """Top-1 / top-5 on a labelled set; writes ``metrics.json`` and ``confusion.png`` to ``out`` (default: beside
-    the checkpoint, in ``eval-<split>/``)."""
+    the checkpoint, in ``eval-<split>/``). A video classifier averages ``temporal_views x spatial_views`` views per
+    clip (5 x 3 is the Kinetics protocol of the Hiera paper)."""
     from ..data.transforms import eval_transform
+    from ..data.video import video_eval_transform
 
     model, meta = load_classifier(checkpoint)
     classes = meta["classes"]
-    dataset, _, _, data_classes = build_dataset(source, split, limit)
+    video = "num_frames" in meta
+    dataset, _, _, data_classes = build_dataset(source, split, limit, video=video)
     if data_classes != classes:
         raise ValueError(f"the data's classes ({', '.join(data_classes[:4])}, ...) are not the classifier's "
                          f"({', '.join(classes[:4])}, ...); evaluate on data with the same class folders")
     model.to(device)
-    tf = eval_transform(img_size or meta["img_size"], meta["mean"], meta["std"], channels=model.in_chans)
+    size = img_size or meta["img_size"]
+    if video:
+        tf = video_eval_transform(meta["num_frames"], meta["frame_stride"], size, meta["mean"], meta["std"],
+                                  temporal_views=temporal_views, spatial_views=spatial_views)
+    else:
+        tf = eval_transform(size, meta["mean"], meta["std"], channels=model.in_chans)
     logits, labels = predict_logits(model, dataset, tf, device=device, desc="eval")
     metrics = classification_metrics(logits, labels)
     out_dir = Path(out) if out else classifier_dir(checkpoint) / f"eval-{split}"
     out_dir.mkdir(parents=True, exist_ok=True)
     cm = confusion_matrix(logits, labels, len(classes))
-    metrics.update(source=source, split=split, checkpoint=str(checkpoint), per_class_recall={
+    metrics.update(source=source, split=split, checkpoint=str(checkpoint), views=[temporal_views, spatial_views]
+                   if video else None, per_class_recall={
         c: round(100 * (cm[i, i] / max(1, cm[i].sum())).item(), 2) for i, c in enumerate(classes)})
     plot_confusion(cm, classes, out_dir / "confusion.png",
                    f"top-1 {metrics['top1']:.2f} % on {Path(source).name} {split}")

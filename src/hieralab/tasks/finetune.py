@@ -23,6 +23,7 @@ from torch import nn
 from ..config import FinetuneConfig, to_dict
 from ..data.pipeline import SeededSamples, labelled_splits, steps_per_epoch, total_steps
 from ..data.transforms import eval_transform, finetune_transform
+from ..data.video import video_eval_transform, video_train_transform
 from ..engine import checkpoints, distributed, loop
 from ..engine.optim import build_adamw
 from ..engine.run_log import plot_curve
@@ -53,6 +54,13 @@ def saved_config(path: Path, model: str) -> dict[str, Any]:
     if saved.get("model_name") != model:
         return {}
     return {k: v for k, v in saved["config"].items() if k not in ("num_classes", "drop_path_rate")}
+
+
+def is_video_model(name: str, model_args: dict[str, Any]) -> bool:
+    """Whether ``name`` (with ``model_args``) takes clips ``[B, C, T, H, W]``."""
+    from ..models.registry import model_config
+
+    return len({**model_config(name), **model_args}.get("input_size", ())) == 3
 
 
 def classifier(model: nn.Module) -> nn.Linear | nn.Module:
@@ -96,22 +104,30 @@ def build_model(cfg: FinetuneConfig, num_classes: int) -> nn.Module:
 def run(cfg: FinetuneConfig, *, resume: bool = False) -> dict[str, Any]:
     """Train and evaluate; returns a summary (best and last top-1, where things were written)."""
     from timm.data import Mixup
+    from timm.data.mixup import mixup_target
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.utils import ModelEmaV3
 
     where = loop.start_run(cfg.device, cfg.out_dir, resume)
     device, dist, run_dir, last = where.device, where.dist, where.dir, where.last
 
-    train_set, val_set, classes, mean, std = labelled_splits(cfg.data, cfg.val_source, cfg.val_fraction)
+    video = is_video_model(cfg.model, cfg.model_args)
+    train_set, val_set, classes, mean, std = labelled_splits(cfg.data, cfg.val_source, cfg.val_fraction, video=video)
     torch.manual_seed(cfg.seed)  # the initial weights (and a fresh head)
     model = build_model(cfg, len(classes)).to(device)
-    channels = model.in_chans
-    a = cfg.aug
-    samples = SeededSamples(train_set, finetune_transform(cfg.data.img_size, mean, std, channels=channels,
-                                                          randaug=a.randaug, reprob=a.reprob, scale=a.crop_scale,
-                                                          hflip=a.hflip), seed=cfg.seed)
-    val_tf = eval_transform(cfg.data.img_size, mean, std, channels=channels)
-    meta = {"classes": classes, "mean": list(mean), "std": list(std), "img_size": cfg.data.img_size}
+    d, a = cfg.data, cfg.aug
+    meta = {"classes": classes, "mean": list(mean), "std": list(std), "img_size": d.img_size}
+    if video:  # one crop and flip per clip; RandAugment and erasing are image recipes, not used here
+        frames = d.num_frames or model.config["input_size"][0]
+        train_tf = video_train_transform(frames, d.frame_stride, d.img_size, mean, std, scale=a.crop_scale,
+                                         hflip=a.hflip > 0)
+        val_tf = video_eval_transform(frames, d.frame_stride, d.img_size, mean, std)  # 1 view while training
+        meta.update(num_frames=frames, frame_stride=d.frame_stride)
+    else:
+        train_tf = finetune_transform(d.img_size, mean, std, channels=model.in_chans, randaug=a.randaug,
+                                      reprob=a.reprob, scale=a.crop_scale, hflip=a.hflip)
+        val_tf = eval_transform(d.img_size, mean, std, channels=model.in_chans)
+    samples = SeededSamples(train_set, train_tf, seed=cfg.seed)
     o = cfg.optim
     per_epoch = steps_per_epoch(len(train_set), o.batch_size, o.accum_steps, dist.world)
     total = total_steps(cfg.epochs, per_epoch)
@@ -140,9 +156,18 @@ def run(cfg: FinetuneConfig, *, resume: bool = False) -> dict[str, Any]:
 
     def forward(batch: dict[str, Any], step: int, k: int) -> torch.Tensor:
         x, y = batch["x"].to(device, non_blocking=True), batch["label"].to(device)
+        if mixup is not None and len(x) % 2:  # timm's Mixup pairs images: an odd batch (a skipped file) loses one
+            if len(x) == 1:
+                return criterion(train_model(x), mixup_target(y, len(classes), 1.0, a.smoothing))
+            x, y = x[:-1], y[:-1]
         if mixup is not None:
             np.random.seed(hash((cfg.seed, step, k, dist.rank)) & 0xFFFF_FFFF)  # timm's Mixup draws from numpy
-            x, y = mixup(x, y)
+            if x.dim() == 5:  # video: one mixup / cutmix box for all frames (time folded into channels)
+                B, C, T = x.shape[:3]
+                x, y = mixup(x.flatten(1, 2), y)
+                x = x.unflatten(1, (C, T))
+            else:
+                x, y = mixup(x, y)
         return criterion(train_model(x), y)
 
     eval_every = cfg.eval_every or per_epoch
