@@ -155,3 +155,13 @@ def test_cli_video_finetune_and_multiview_eval(tmp_path, clips, capsys):
     metrics = json.loads((run / "best" / "eval-test" / "metrics.json").read_text())
     assert metrics["views"] == [2, 3] and metrics["count"] == 6  # the broken clip is skipped
     assert "top-1" in capsys.readouterr().out
+
+
+def test_cli_extract_video_features(tmp_path, clips):
+    out = tmp_path / "v.safetensors"
+    assert main(["extract", "--model", "hiera_mini_8x32", "--data", str(clips), "--img-size", "32",
+                 "--frame-stride", "2", "--out", str(out)]) == 0
+    from safetensors.torch import load_file
+
+    feats = load_file(str(out))
+    assert feats["features"].shape == (6, 256) and feats["labels"].tolist() == [0, 0, 0, 1, 1, 1]  # broken: skipped

@@ -113,7 +113,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     s = extract.run(model=args.model, init=args.init, source=args.data, split=args.split, out=args.out,
                     img_size=args.img_size, stages=args.stages, knn=args.knn, knn_train=args.knn_train, k=args.k,
-                    limit=args.limit)
+                    limit=args.limit, num_frames=args.frames, frame_stride=args.frame_stride)
     print(f"wrote {s['out']} ({s['count']} images: " + ", ".join(f"{k} {v}" for k, v in s["shapes"].items()) + ")")
     if "knn_top1" in s:
         print(f"k-NN (k={s['knn_k']}) top-1: {s['knn_top1']:.2f} %")
@@ -313,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--knn-train", help="for a folder: the labelled folder the neighbours come from")
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--limit", type=int, help="only the first N images (of each split)")
+    p.add_argument("--frames", type=int, help="video models: frames per clip (default: the model's)")
+    p.add_argument("--frame-stride", type=int, default=4, help="video models: take every n-th frame")
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("study", help="does MAE help? linear probes (pixels / random init / MAE) and fine-tuning "

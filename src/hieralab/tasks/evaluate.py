@@ -58,8 +58,10 @@ def predict_logits(model: nn.Module, dataset, transform: Callable, *, device: to
         if batch["size"] == 0:
             continue
         x = batch["x"].to(device)
-        if x.dim() == 6:  # video views [B, V, C, T, H, W]: average the views' probabilities (the Kinetics protocol)
-            outs.append(multiview_scores(fn or model, x).cpu())
+        if x.dim() == 6 and fn is None:  # video views [B, V, C, T, H, W]: average the views' probabilities
+            outs.append(multiview_scores(model, x).cpu())
+        elif x.dim() == 6:  # features of video views: their mean
+            outs.append(fn(x.flatten(0, 1)).float().unflatten(0, x.shape[:2]).mean(1).cpu())
         else:
             outs.append((fn or model)(x).float().cpu())
         labels.append(batch["label"])

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from ..data.pipeline import build_dataset
 from ..data.transforms import eval_transform
+from ..data.video import video_eval_transform
 from ..models.checkpoint import atomic_write
 from .evaluate import predict_logits
 from .features import dataset_features, knn_classify, load_encoder, stage_features
@@ -49,13 +50,19 @@ def write_features(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 def run(*, model: str, init: str | None, source: str, split: str, out: str, img_size: int, stages: bool = False,
         knn: bool = False, knn_train: str | None = None, k: int = 20, limit: int | None = None, batch_size: int = 256,
-        device: str = "cpu", model_args: dict[str, Any] | None = None) -> dict[str, Any]:
+        device: str = "cpu", model_args: dict[str, Any] | None = None, num_frames: int | None = None,
+        frame_stride: int = 4, views: tuple[int, int] = (1, 1)) -> dict[str, Any]:
     out_path = Path(out)
     if out_path.suffix not in (".safetensors", ".npy"):
         raise ValueError(f"--out {out}: use a .safetensors or .npy file name")
     encoder = load_encoder(model, init, **(model_args or {})).to(device)
-    dataset, mean, std, classes = build_dataset(source, split, limit)
-    tf = eval_transform(img_size, mean, std, channels=encoder.in_chans)
+    video = encoder.ndim == 3 if hasattr(encoder, "ndim") else False
+    dataset, mean, std, classes = build_dataset(source, split, limit, video=video)
+    if video:  # the middle clip, centre crop; features of more views are averaged
+        tf = video_eval_transform(num_frames or encoder.config["input_size"][0], frame_stride, img_size, mean, std,
+                                  temporal_views=views[0], spatial_views=views[1])
+    else:
+        tf = eval_transform(img_size, mean, std, channels=encoder.in_chans)
     if stages:
         fn = stage_features(encoder)
         maps, labels = [], None
@@ -79,7 +86,7 @@ def run(*, model: str, init: str | None, source: str, split: str, out: str, img_
             raise ValueError("--knn on a folder needs --knn-train FOLDER: the labelled images the neighbours come from")
         if knn_train is None and split == "train":
             raise ValueError("--knn compares the extracted split with the train split; extract --split test")
-        train_set, _, _, train_classes = build_dataset(knn_train or source, "train", limit)
+        train_set, _, _, train_classes = build_dataset(knn_train or source, "train", limit, video=video)
         if train_classes != classes:
             raise ValueError("--knn needs the same classes in the reference images as in the extracted ones")
         train_x, train_y = dataset_features(encoder, train_set, tf, device=device, desc="features (train)")
