@@ -215,3 +215,21 @@ def test_t2t_and_vit_encoders_go_through_the_same_pipeline(tmp_path, images, mod
     assert main(["linprobe", f"model={model}", f"init={tmp_path / 'ft' / 'last'}", f"data.source={images}",
                  "data.num_workers=0", "lrs=[0.1]", "epochs=1", "batch_size=8", f"out_dir={tmp_path / 'probe'}"]) == 0
     assert json.loads((tmp_path / "probe" / "linprobe.json").read_text())["feature_dim"] == 32
+
+
+def test_cli_study_runs_every_row_and_reuses_stages(tmp_path, capsys):
+    fmnist = Path(os.environ.get("HIERALAB_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+    if not (fmnist / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST is not installed (make data)")
+    argv = ["study", "--limit", "256", "--pretrain-epochs", "1", "--finetune-epochs", "1", "--probe-epochs", "2",
+            "--seeds", "0", "1", "--out", str(tmp_path / "study"), "--docs", str(tmp_path / "docs")]
+    assert main(argv) == 0
+    s = json.loads((tmp_path / "study" / "study.json").read_text())
+    assert [r["row"][:3] for r in s["rows"]] == ["(a)", "(b)", "(c)", "(d)", "(e)", "(f)"]
+    assert [len(r["top1"]) for r in s["rows"]] == [2, 2, 2, 1, 1, 1]
+    assert (tmp_path / "docs" / "mae_study.png").exists() and (tmp_path / "docs" / "mae_study.md").exists()
+    capsys.readouterr()
+    before = (tmp_path / "study" / "mae" / "summary.json").stat().st_mtime
+    assert main(argv) == 0  # everything reused: nothing retrained
+    assert (tmp_path / "study" / "mae" / "summary.json").stat().st_mtime == before
+    assert "(f) fine-tune its last 2 blocks" in capsys.readouterr().out

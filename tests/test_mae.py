@@ -98,10 +98,10 @@ def test_vit_mae_encoder_sees_only_the_visible_patches_and_their_order_does_not_
                                atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("name", [n for n in hieralab.list_models("mae_*") if "mini" in n])
+@pytest.mark.parametrize("name", [n for n in hieralab.list_models("mae_*") if "mini" in n or "micro" in n])
 def test_every_trainable_parameter_gets_a_gradient(name):
     model = hieralab.create_model(name)
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 8, 32, 32) if "8x32" in name else torch.randn(2, 3, 32, 32)
     out = model(x)
     out.loss.backward()
     assert math.isfinite(out.loss.item())
@@ -129,4 +129,4 @@ def test_mae_checkpoint_round_trip_and_registry(tmp_path):
     again = hieralab.from_pretrained(tmp_path)
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), k
-    assert len(hieralab.list_models("mae_hiera_*")) == 11 and len(hieralab.list_models("mae_vit_*")) == 6
+    assert len(hieralab.list_models("mae_hiera_*")) == 12 and len(hieralab.list_models("mae_vit_*")) == 7

@@ -34,7 +34,7 @@ def tiny_pair(seed: int = 0, **kw) -> tuple[torch.nn.Module, VisionTransformer]:
 
 
 # ---------------------------------------------------------------- parity with timm
-@pytest.mark.parametrize("name", [n for n in hieralab.list_models("vit_*") if "mini" not in n])  # timm has these
+@pytest.mark.parametrize("name", [n for n in hieralab.list_models("vit_*") if "_patch4_32" not in n])  # timm's
 def test_state_dict_matches_timm(name):
     with torch.device("meta"):
         ref = timm.create_model(name, pretrained=False, num_classes=1000)
@@ -217,7 +217,8 @@ def test_every_model_runs_and_trains(name, global_pool):
 def test_registry_sizes():
     expected = {"vit_tiny_patch16_224": (192, 12, 3, 16), "vit_small_patch16_224": (384, 12, 6, 16),
                 "vit_base_patch16_224": (768, 12, 12, 16), "vit_large_patch16_224": (1024, 24, 16, 16),
-                "vit_huge_patch14_224": (1280, 32, 16, 14), "vit_mini_patch4_32": (128, 6, 4, 4)}
+                "vit_huge_patch14_224": (1280, 32, 16, 14), "vit_mini_patch4_32": (128, 6, 4, 4),
+                "vit_micro_patch4_32": (64, 4, 4, 4)}
     assert hieralab.list_models("vit_*") == sorted(expected)
     for name, (dim, depth, heads, patch) in expected.items():
         cfg = hieralab.model_config(name)

@@ -44,6 +44,8 @@ class ViTBackbone(PretrainedMixin, nn.Module):
     ``fc_norm``, as MAE fine-tuning and timm's ``global_pool='avg'``) and returns logits.
     """
 
+    ndim = 2  # images: [B, C, H, W] (Hiera's video models have 3)
+
     def __init__(
         self,
         *,

@@ -56,7 +56,7 @@ def run(*, model: str, init: str | None, source: str, split: str, out: str, img_
     if out_path.suffix not in (".safetensors", ".npy"):
         raise ValueError(f"--out {out}: use a .safetensors or .npy file name")
     encoder = load_encoder(model, init, **(model_args or {})).to(device)
-    video = encoder.ndim == 3 if hasattr(encoder, "ndim") else False
+    video = encoder.ndim == 3
     dataset, mean, std, classes = build_dataset(source, split, limit, video=video)
     if video:  # the middle clip, centre crop; features of more views are averaged
         tf = video_eval_transform(num_frames or encoder.config["input_size"][0], frame_stride, img_size, mean, std,

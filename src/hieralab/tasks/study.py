@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 from ..config import DataConfig, FinetuneConfig, PretrainConfig, load_config
@@ -95,6 +96,7 @@ def run(*, encoder: str = "vit_micro_patch4_32", preset: str = "mae_vit_micro_fm
         pretrain.run(load_config(PretrainConfig, preset, [f"out_dir={mae_dir}", f"epochs={pretrain_epochs}",
                                                           *data, *extra]), resume=True)
     pre = json.loads((mae_dir / "summary.json").read_text())
+    pre_cfg = yaml.safe_load((mae_dir / "config.yaml").read_text())
     model_args = finetune.saved_config(mae_dir / "encoder", encoder)  # the pretrained architecture, for every row
     if not model_args:
         raise ValueError(f"{mae_dir}/encoder does not hold {encoder}; use the preset of mae_{encoder}")
@@ -102,6 +104,36 @@ def run(*, encoder: str = "vit_micro_patch4_32", preset: str = "mae_vit_micro_fm
 
     train_set, val_set, classes, mean, std = labelled_splits(DataConfig(limit=limit))
     tf = eval_transform(32, mean, std, channels=model_args.get("in_chans", 3))
+    probes_path = out / "probes.json"  # the probe rows, reused when the study is run again
+    if probes_path.exists():
+        rows = json.loads(probes_path.read_text())
+    else:
+        rows = _probe_study(encoder, model_args, train_set, val_set, tf, mae_dir, seeds, probe_epochs, len(classes))
+        atomic_write(probes_path, lambda p: Path(p).write_text(json.dumps(rows, indent=2) + "\n"))
+    # A short budget: the light end of the recipe (no mixup / cutmix / RandAugment / erasing) and the crops of the
+    # pretraining (MAE's RandomResizedCrop from 8 % of the area leaves too little of a 28-px garment), for all rows.
+    crop = json.dumps(pre_cfg["data"]["crop_scale"])
+    ft = [*args, f"epochs={finetune_epochs}", "optim.batch_size=128", "data.num_workers=2", "aug.mixup=0",
+          "aug.cutmix=0", "aug.randaug=null", "aug.reprob=0", "optim.warmup_epochs=0.2", f"aug.crop_scale={crop}"]
+    rows += [
+        _finetune_row("(d) supervised from scratch", out / "scratch", [*ft, "layer_decay=1.0"]),
+        _finetune_row("(e) fine-tune the MAE encoder", out / "finetune", [*ft, f"init={mae_dir}"]),
+        _finetune_row(f"(f) fine-tune its last {trainable_blocks} blocks", out / "partial",
+                      [*ft, f"init={mae_dir}", f"trainable_blocks={trainable_blocks}"]),
+    ]
+    summary = {"encoder": encoder, "preset": preset, "pretrain_epochs": pretrain_epochs,
+               "pretrain_seconds": pre["seconds"], "pretrain_final_loss": pre["final_loss"],
+               "finetune_epochs": finetune_epochs, "seeds": list(seeds), "probe_epochs": probe_epochs,
+               "train_images": len(train_set), "test_images": len(val_set), "rows": rows,
+               "total_seconds": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads()}
+    atomic_write(out / "study.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2) + "\n"))
+    (out / "study.md").write_text(report(summary))
+    plot(rows, out / "study.png", f"{encoder}, Fashion-MNIST, MAE {pretrain_epochs:g} epochs")
+    return summary
+
+
+def _probe_study(encoder, model_args, train_set, val_set, tf, mae_dir, seeds, probe_epochs, K) -> list[dict]:
+    """Rows (a)-(c): linear probes on pixels, random-init encoders (one per seed) and the MAE encoder."""
     t_feat = time.perf_counter()
     pixels_train, train_y = predict_logits(nn.Flatten(), train_set, tf, desc="pixels (train)")
     pixels_val, val_y = predict_logits(nn.Flatten(), val_set, tf, desc="pixels (val)")
@@ -119,7 +151,7 @@ def run(*, encoder: str = "vit_micro_patch4_32", preset: str = "mae_vit_micro_fm
     t_feat = time.perf_counter()
     random_feats = {seed: features(None, seed) for seed in seeds}
     random_s = time.perf_counter() - t_feat
-    labels, K = (train_y, val_y), len(classes)
+    labels = (train_y, val_y)
     rows = [
         _probe_rows("(a) linear probe, raw pixels", {s: (pixels_train, pixels_val) for s in seeds}, labels, seeds,
                     probe_epochs, K),
@@ -129,24 +161,7 @@ def run(*, encoder: str = "vit_micro_patch4_32", preset: str = "mae_vit_micro_fm
     rows[0]["seconds"] += round(pixel_s, 1)
     rows[1]["seconds"] += round(random_s, 1)
     rows[2]["seconds"] += round(mae_s, 1)
-    # A short budget: the light end of the recipe (no mixup / cutmix / RandAugment / erasing), the same for all rows.
-    ft = [*args, f"epochs={finetune_epochs}", "optim.batch_size=128", "data.num_workers=2", "aug.mixup=0",
-          "aug.cutmix=0", "aug.randaug=null", "aug.reprob=0", "optim.warmup_epochs=0.2"]
-    rows += [
-        _finetune_row("(d) supervised from scratch", out / "scratch", [*ft, "layer_decay=1.0"]),
-        _finetune_row("(e) fine-tune the MAE encoder", out / "finetune", [*ft, f"init={mae_dir}"]),
-        _finetune_row(f"(f) fine-tune its last {trainable_blocks} blocks", out / "partial",
-                      [*ft, f"init={mae_dir}", f"trainable_blocks={trainable_blocks}"]),
-    ]
-    summary = {"encoder": encoder, "preset": preset, "pretrain_epochs": pretrain_epochs,
-               "pretrain_seconds": pre["seconds"], "pretrain_final_loss": pre["final_loss"],
-               "finetune_epochs": finetune_epochs, "seeds": list(seeds), "probe_epochs": probe_epochs,
-               "train_images": len(train_y), "test_images": len(val_y), "rows": rows,
-               "total_seconds": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads()}
-    atomic_write(out / "study.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2) + "\n"))
-    (out / "study.md").write_text(table(summary))
-    plot(rows, out / "study.png", f"{encoder}, Fashion-MNIST, MAE {pretrain_epochs:g} epochs")
-    return summary
+    return rows
 
 
 def table(s: dict[str, Any]) -> str:
@@ -155,5 +170,18 @@ def table(s: dict[str, Any]) -> str:
         acc = r["top1"]
         cell = f"{statistics.mean(acc):.2f} ± {statistics.stdev(acc):.2f}" if len(acc) > 1 else f"{acc[0]:.2f}"
         spread = f" (min {min(acc):.2f}, max {max(acc):.2f})" if len(acc) > 1 else ""
-        lines.append(f"| {r['row']} | {cell}{spread} | {len(acc)} | {r['seconds']:.0f} |")
+        seconds = "—" if r.get("seconds") is None else f"{r['seconds']:.0f}"
+        lines.append(f"| {r['row']} | {cell}{spread} | {len(acc)} | {seconds} |")
     return "\n".join(lines) + "\n"
+
+
+def report(s: dict[str, Any]) -> str:
+    """The table with what produced it: the command, the encoder, the budget."""
+    return (f"# Does MAE help? {s['encoder']} on Fashion-MNIST\n\n"
+            f"Made by `hieralab study` (see `hieralab study --help`): MAE preset `{s['preset']}`, "
+            f"{s['pretrain_epochs']:g} epochs on {s['train_images']:,} training images in {s['pretrain_seconds']:.0f} s "
+            f"(final loss {s['pretrain_final_loss']:.3f}); probes: best of {len(LRS)} learning rates, "
+            f"{s['probe_epochs']} epochs, seeds {s['seeds']}; fine-tuning: {s['finetune_epochs']:g} epochs, one seed. "
+            f"Test top-1 on {s['test_images']:,} images; {s['threads']} threads. A time of \"—\" marks rows reused "
+            f"from an earlier run of the same command.\n\n" + table(s))
+
