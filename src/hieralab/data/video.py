@@ -196,9 +196,11 @@ def video_eval_transform(num_frames: int, stride: int, img_size: int, mean: Sequ
     def transform(path: Path) -> torch.Tensor | None:
         try:
             total = video_frame_count(path)
-            views = [video_eval_views(decode_frames(path, clip_indices(total, num_frames, stride, start=s)),
-                                      img_size, mean, std, spatial_crops=spatial_views)
-                     for s in uniform_starts(total, num_frames, stride, temporal_views)]
+            starts = uniform_starts(total, num_frames, stride, temporal_views)
+            indices = [i for s in starts for i in clip_indices(total, num_frames, stride, start=s)]
+            frames = decode_frames(path, indices)  # one decoding pass for all the clips: [views * T, H, W, 3]
+            views = [video_eval_views(clip, img_size, mean, std, spatial_crops=spatial_views)
+                     for clip in frames.split(num_frames)]
         except Exception as e:
             log.debug("skipping unreadable clip %s (%s)", path, e)
             return None

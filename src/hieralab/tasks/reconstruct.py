@@ -100,19 +100,15 @@ def reconstruct_videos(model: nn.Module, source: str, out_dir: Path, img_size: i
                        *, num: int = 4, generator: torch.Generator | None = None,
                        mask_ratio: float | None = None) -> list[Path]:
     """Reconstruct the middle clip (centre crop) of the first ``num`` videos of a folder or list."""
-    from ..data.video import read_clip, uniform_starts, video_eval_views, video_frame_count
+    from ..data.video import video_eval_transform
 
     dataset, mean, std, _ = build_dataset(source, "train", num, video=True)
+    transform = video_eval_transform(num_frames, stride, img_size, mean, std)  # the middle clip, centre crop
     xs, names = [], []
     for i in range(len(dataset)):
-        path, _ = dataset[i]
-        try:
-            start = uniform_starts(video_frame_count(path), num_frames, stride, 1)[0]
-        except Exception:
-            continue
-        clip = read_clip(path, num_frames, stride, start=start)
-        if clip is not None:
-            xs.append(video_eval_views(clip, img_size, mean, std)[0])  # [3, T, S, S]
+        views = transform(dataset[i][0])  # [1, 3, T, S, S] or None for an unreadable clip
+        if views is not None:
+            xs.append(views[0])
             names.append(f"recon_{i:03d}")
     if not xs:
         raise ValueError(f"no readable clips in {source}")
