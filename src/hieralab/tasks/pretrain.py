@@ -125,16 +125,12 @@ def _finish(cfg: PretrainConfig, model: nn.Module, run_dir: Path) -> dict[str, s
         out["loss_curve"] = str(plot_curve(run_dir / "log.csv", run_dir / "loss_curve.png",
                                            title=f"MAE pretraining of {cfg.model}"))
     if cfg.recon_images > 0:
-        from .reconstruct import reconstruct_dataset, reconstruct_videos
+        from .reconstruct import reconstruct_source
 
-        d, g = cfg.data, seeded_generator(cfg.seed, -1)
-        if model.encoder.ndim == 3:
-            frames = d.num_frames or model.encoder.config["input_size"][0]
-            paths = reconstruct_videos(model, d.source, run_dir / "reconstructions", d.img_size, frames,
-                                       d.frame_stride, num=cfg.recon_images, generator=g)
-        else:
-            split = "test" if d.source == "fashion-mnist" else d.split
-            paths = reconstruct_dataset(model, d.source, split, run_dir / "reconstructions", d.img_size,
-                                        num=cfg.recon_images, generator=g)
+        d = cfg.data
+        split = "test" if d.source == "fashion-mnist" else d.split
+        paths = reconstruct_source(model, d.source, split, run_dir / "reconstructions", d.img_size,
+                                   num=cfg.recon_images, generator=seeded_generator(cfg.seed, -1),
+                                   num_frames=d.num_frames, frame_stride=d.frame_stride)
         out["reconstructions"] = str(paths[0].parent)
     return out

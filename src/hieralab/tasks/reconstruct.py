@@ -139,6 +139,19 @@ def reconstruct_dataset(model: nn.Module, source: str, split: str, out_dir: Path
     return save_panels(panels, mean, std, out_dir, names)
 
 
+def reconstruct_source(model: nn.Module, source: str, split: str, out_dir: Path, img_size: int, *, num: int,
+                       generator: torch.Generator | None = None, mask_ratio: float | None = None,
+                       num_frames: int | None = None, frame_stride: int = 4) -> list[Path]:
+    """Pictures for images (:func:`reconstruct_dataset`) or, for a video MAE, clips (:func:`reconstruct_videos`,
+    ``num_frames`` defaulting to the model's)."""
+    if model.encoder.ndim == 3:
+        frames = num_frames or model.encoder.config["input_size"][0]
+        return reconstruct_videos(model, source, out_dir, img_size, frames, frame_stride, num=num, generator=generator,
+                                  mask_ratio=mask_ratio)
+    return reconstruct_dataset(model, source, split, out_dir, img_size, num=num, generator=generator,
+                               mask_ratio=mask_ratio)
+
+
 def load_mae(path: str | Path) -> tuple[nn.Module, dict]:
     """An MAE from a pretraining run folder (its ``model/``, else its newest checkpoint) or a ``save_pretrained``
     folder; also returns the run's config (empty if there is none)."""
@@ -176,12 +189,8 @@ def run(path: str, *, images: str | None = None, split: str | None = None, num: 
     size = img_size or data.get("img_size") or model.encoder.stored_grid[-1] * model.encoder.patch_stride[-1]
     out_dir = Path(out) if out else Path(path) / "reconstructions"
     g = torch.Generator().manual_seed(seed)
-    if model.encoder.ndim == 3:
-        frames = data.get("num_frames") or model.encoder.config["input_size"][0]
-        paths = reconstruct_videos(model, source, out_dir, size, frames, data.get("frame_stride", 4), num=num,
-                                   generator=g, mask_ratio=mask_ratio)
-    else:
-        paths = reconstruct_dataset(model, source, split, out_dir, size, num=num, generator=g, mask_ratio=mask_ratio)
+    paths = reconstruct_source(model, source, split, out_dir, size, num=num, generator=g, mask_ratio=mask_ratio,
+                               num_frames=data.get("num_frames"), frame_stride=data.get("frame_stride", 4))
     (out_dir / "reconstructions.json").write_text(json.dumps({"source": source, "split": split, "seed": seed,
                                                               "images": [p.name for p in paths]}, indent=2) + "\n")
     return paths
