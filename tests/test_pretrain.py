@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from conftest import draw_images
 from hieralab.cli import main
-from hieralab.config import PretrainConfig, from_dict, load_config, to_dict
+from hieralab.config import FinetuneConfig, OptimConfig, PretrainConfig, from_dict, load_config, to_dict
 from hieralab.data.pipeline import EpochSampler
 from hieralab.engine import checkpoints
 from hieralab.engine.schedule import warmup_cosine
@@ -64,6 +64,17 @@ def test_config_layers_and_round_trips(tmp_path):
         with pytest.raises(ValueError, match=msg):
             load_config(PretrainConfig, None, bad)
 
+
+
+def test_partial_section_keeps_its_fields_own_defaults():
+    """Overriding one optimiser key of a fine-tuning config must not reset the rest to OptimConfig's (pretraining)
+    defaults: the fine-tuning lr, betas and min lr stay."""
+    default = FinetuneConfig().optim
+    cfg = load_config(FinetuneConfig, None, ["optim.batch_size=128"])
+    assert cfg.optim.batch_size == 128
+    assert (cfg.optim.base_lr, cfg.optim.betas, cfg.optim.min_lr) == (default.base_lr, default.betas, default.min_lr)
+    assert default.base_lr != OptimConfig().base_lr  # the case the test guards: the two defaults differ
+    assert from_dict(FinetuneConfig, to_dict(cfg)) == cfg
 
 def test_warmup_cosine_schedule():
     lrs = [warmup_cosine(s, lr=1.0, total_steps=100, warmup_steps=10, min_lr=0.1) for s in range(101)]

@@ -92,6 +92,34 @@ def test_corrupt_clips_are_skipped_and_counted(clips):
     assert torch.equal(batch["x"], again["x"])  # the clip start and crop are drawn from (seed, epoch, index)
 
 
+def test_repeated_augmentation_cuts_several_clips_from_one_decoding(clips, monkeypatch):
+    import hieralab.data.video as video
+
+    decoded = []
+    real_decode = video.decode_frames
+    monkeypatch.setattr(video, "decode_frames", lambda path, idx: decoded.append(path) or real_decode(path, idx))
+    ds = VideoClips(clips)
+    tf = video_train_transform(4, 1, 32, (0.5,) * 3, (0.25,) * 3, repeats=3)
+    samples = SeededSamples(ds, tf, seed=0, num_units=4, mask_ratio=0.5, repeats=3)
+    items = [samples[(0, i)] for i in range(len(ds))]
+    assert len(decoded) == len(set(decoded)) == len(ds) - 1  # each readable video decoded once (broken: never)
+    batch = collate(items)
+    assert batch["skipped"] == 1 and batch["size"] == 18 and batch["x"].shape == (18, 3, 4, 32, 32)
+    labels = torch.tensor([label for _, label in ds.items if _.name != "broken.mp4"])
+    assert torch.equal(batch["label"], labels.repeat_interleave(3))
+    # each video's three clips start at their own frames (frame brightness = 8 * index) and draw their own masks
+    first_frame = batch["x"][:, :, 0].flatten(1).median(1).values.view(6, 3)
+    assert any(len(set(row.tolist())) > 1 for row in first_frame)
+    visible = batch["visible"].view(6, 3, 4)
+    assert any(not torch.equal(v[0], v[1]) or not torch.equal(v[0], v[2]) for v in visible)
+    assert torch.equal(collate([samples[(0, i)] for i in range(len(ds))])["x"], batch["x"])  # reproducible
+
+
+def test_repeated_augmentation_is_refused_for_images(tmp_path, capsys):
+    assert main(["pretrain", "data.repeat_aug=2", "data.limit=8", f"out_dir={tmp_path}"]) == 1
+    assert "data.repeat_aug is a video option" in capsys.readouterr().err
+
+
 def test_eval_views_are_even_crops_along_the_long_side():
     clip = torch.arange(48, dtype=torch.uint8).view(1, 1, 48, 1).expand(2, 24, 48, 3).contiguous()
     views = video_eval_views(clip, 24, (0.0,) * 3, (1.0,) * 3, spatial_crops=3)  # no resize: short side is 24
@@ -117,7 +145,7 @@ def test_cli_video_mae_pretrain_and_reconstruct(tmp_path, clips, capsys):
             "model_args.decoder_num_heads=2"]
     run = tmp_path / "run"
     assert main(["pretrain", *tiny, f"data.source={clips}", "data.num_workers=0", "data.frame_stride=2",
-                 "optim.batch_size=3", "epochs=1", "recon_images=2", f"out_dir={run}"]) == 0
+                 "optim.batch_size=3", "data.repeat_aug=2", "epochs=1", "recon_images=2", f"out_dir={run}"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["skipped_images"] >= 1
     gif = Image.open(run / "reconstructions" / "recon_000.gif")

@@ -27,6 +27,8 @@ class DataConfig:
     num_workers: int = 2
     num_frames: int | None = None  # video: frames per clip (None: the model's, 16 for the Kinetics models)
     frame_stride: int = 4  # video: take every n-th frame (Kinetics 16 x 4)
+    repeat_aug: int = 1  # video: clips cut from each decoded video (MAE-ST's repeated augmentation, 4 for K400 MAE);
+    #                      a step then holds batch_size x repeat_aug clips, and the lr scales with that
 
 
 @dataclass
@@ -157,14 +159,29 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a nested dict; unknown keys are an error that lists the known ones."""
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) -> Any:
+    """Build dataclass ``cls`` from a nested dict, over ``base`` (an instance) when given; unknown keys are an error
+    that lists the known ones. A section given in part keeps the rest of its field's own default, e.g.
+    ``optim.batch_size=128`` leaves the fine-tuning optimiser's lr at its fine-tuning default, not OptimConfig's."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"unknown config key {prefix}{unknown[0]}; known: {', '.join(sorted(names))}")
-    return cls(**{k: _convert(hints[k], v, prefix + k) for k, v in data.items()})
+        raise ValueError(f"unknown config key {prefix}{unknown[0]}; known: {', '.join(sorted(fields))}")
+    values = {}
+    for k, v in data.items():
+        if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict):
+            default = getattr(base, k) if base is not None else _field_default(fields[k])
+            values[k] = from_dict(hints[k], v, prefix + k + ".", default)
+        else:
+            values[k] = _convert(hints[k], v, prefix + k)
+    return dataclasses.replace(base, **values) if base is not None else cls(**values)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -72,9 +72,9 @@ class SeededSamples(torch.utils.data.Dataset):
     ``(seed, epoch, i)`` generator, or ``None`` for an unreadable image or clip."""
 
     def __init__(self, dataset, transform: Callable, *, seed: int, num_units: int | None = None,
-                 mask_ratio: float = 0.0):
+                 mask_ratio: float = 0.0, repeats: int = 1):
         self.dataset, self.transform, self.seed = dataset, transform, seed
-        self.num_units, self.mask_ratio = num_units, mask_ratio
+        self.num_units, self.mask_ratio, self.repeats = num_units, mask_ratio, repeats
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -100,9 +100,14 @@ class SeededSamples(torch.utils.data.Dataset):
             np.random.set_state(saved_np)
         if x is None:  # a clip that could not be decoded
             return None
+        if self.repeats > 1:  # repeated augmentation: the transform made [R, ...] views, each its own sample
+            return [self._sample(view, label, epoch, i, r) for r, view in enumerate(x)]
+        return self._sample(x, label, epoch, i)
+
+    def _sample(self, x: torch.Tensor, label: int, epoch: int, i: int, repeat: int = 0) -> dict[str, Any]:
         sample = {"x": x, "label": label}
         if self.num_units:
-            g = seeded_generator(self.seed, epoch, i, 1)
+            g = seeded_generator(self.seed, epoch, i, 1, *((repeat,) if repeat else ()))
             sample["visible"] = random_visible(1, self.num_units, self.mask_ratio, generator=g)[0]  # [#MU]
         return sample
 
@@ -129,14 +134,24 @@ class EpochSampler(torch.utils.data.Sampler):
         return max(0, self.per_rank - self.start)
 
 
-def collate(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
-    """Stack samples, dropping unreadable ones; ``batch["skipped"]`` counts them (the batch may then be smaller)."""
-    good = [s for s in samples if s is not None]
-    batch: dict[str, Any] = {"skipped": len(samples) - len(good), "size": len(good)}
+def collate(samples: Sequence[dict[str, Any] | list[dict[str, Any]] | None]) -> dict[str, Any]:
+    """Stack samples, dropping unreadable ones; ``batch["skipped"]`` counts them (the batch may then be smaller).
+    A list (one file's repeated-augmentation views) contributes each of its samples."""
+    good = [s for item in samples if item is not None for s in (item if isinstance(item, list) else [item])]
+    batch: dict[str, Any] = {"skipped": sum(item is None for item in samples), "size": len(good)}
     if good:
         for key in good[0]:
             batch[key] = torch.stack([torch.as_tensor(s[key]) for s in good])
     return batch
+
+
+def check_repeat_aug(data, video: bool) -> int:
+    """``data.repeat_aug``, checked: a video option (several clips from one decoding pass)."""
+    if data.repeat_aug < 1:
+        raise ValueError(f"data.repeat_aug={data.repeat_aug}: it counts clips per decoded video, use 1 or more")
+    if data.repeat_aug > 1 and not video:
+        raise ValueError("data.repeat_aug is a video option (clips cut from one decoded video); set it to 1 for images")
+    return data.repeat_aug
 
 
 def steps_per_epoch(n: int, batch_size: int, accum_steps: int, world: int) -> int:

@@ -149,9 +149,13 @@ def read_clip(path: Path, num_frames: int, stride: int, *, start: int | None = N
 
 
 def video_train_transform(num_frames: int, stride: int, img_size: int, mean: Sequence[float], std: Sequence[float],
-                          *, scale: Sequence[float] = (0.2, 1.0), hflip: bool = True):
+                          *, scale: Sequence[float] = (0.2, 1.0), hflip: bool = True, repeats: int = 1):
     """``path -> float [3, T, H, W]`` or ``None``: a clip at a random start (drawn from the global torch generator,
-    which ``SeededSamples`` seeds per sample), one RandomResizedCrop and flip for all its frames, normalised."""
+    which ``SeededSamples`` seeds per sample), one RandomResizedCrop and flip for all its frames, normalised.
+
+    ``repeats > 1`` is MAE-ST's repeated augmentation: ``repeats`` clips, each at its own random start with its own
+    crop and flip, cut from one decoding pass of the video, as ``float [repeats, 3, T, H, W]``; decoding dominates
+    the loader's time, so R clips cost little more than one."""
     from torchvision.transforms import v2
 
     spatial = v2.Compose([
@@ -161,11 +165,21 @@ def video_train_transform(num_frames: int, stride: int, img_size: int, mean: Seq
         v2.Normalize(list(mean), list(std)),
     ])
 
-    def transform(path: Path) -> torch.Tensor | None:
-        clip = read_clip(path, num_frames, stride)
-        if clip is None:
-            return None
+    def one(clip: torch.Tensor) -> torch.Tensor:
         return spatial(clip.permute(0, 3, 1, 2)).permute(1, 0, 2, 3)  # [T, 3, H, W] (one crop) -> [3, T, H, W]
+
+    def transform(path: Path) -> torch.Tensor | None:
+        if repeats == 1:
+            clip = read_clip(path, num_frames, stride)
+            return None if clip is None else one(clip)
+        try:
+            total = video_frame_count(path)
+            indices = [i for _ in range(repeats) for i in clip_indices(total, num_frames, stride)]
+            frames = decode_frames(path, indices)  # [repeats * T, H, W, 3], one pass
+        except Exception as e:
+            log.debug("skipping unreadable clip %s (%s)", path, e)
+            return None
+        return torch.stack([one(clip) for clip in frames.split(num_frames)])  # [repeats, 3, T, H, W]
 
     return transform
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..config import FinetuneConfig, to_dict
-from ..data.pipeline import SeededSamples, labelled_splits, steps_per_epoch, total_steps
+from ..data.pipeline import SeededSamples, check_repeat_aug, labelled_splits, steps_per_epoch, total_steps
 from ..data.transforms import eval_transform, finetune_transform
 from ..data.video import video_eval_transform, video_train_transform
 from ..engine import checkpoints, distributed, loop
@@ -117,22 +117,23 @@ def run(cfg: FinetuneConfig, *, resume: bool = False) -> dict[str, Any]:
     model = build_model(cfg, len(classes)).to(device)
     d, a = cfg.data, cfg.aug
     meta = {"classes": classes, "mean": list(mean), "std": list(std), "img_size": d.img_size}
+    repeats = check_repeat_aug(d, video)
     if video:  # one crop and flip per clip; RandAugment and erasing are image recipes, not used here
         frames = d.num_frames or model.config["input_size"][0]
         train_tf = video_train_transform(frames, d.frame_stride, d.img_size, mean, std, scale=a.crop_scale,
-                                         hflip=a.hflip > 0)
+                                         hflip=a.hflip > 0, repeats=repeats)
         val_tf = video_eval_transform(frames, d.frame_stride, d.img_size, mean, std)  # 1 view while training
         meta.update(num_frames=frames, frame_stride=d.frame_stride)
     else:
         train_tf = finetune_transform(d.img_size, mean, std, channels=model.in_chans, randaug=a.randaug,
                                       reprob=a.reprob, scale=a.crop_scale, hflip=a.hflip)
         val_tf = eval_transform(d.img_size, mean, std, channels=model.in_chans)
-    samples = SeededSamples(train_set, train_tf, seed=cfg.seed)
+    samples = SeededSamples(train_set, train_tf, seed=cfg.seed, repeats=repeats)
     o = cfg.optim
     per_epoch = steps_per_epoch(len(train_set), o.batch_size, o.accum_steps, dist.world)
     total = total_steps(cfg.epochs, per_epoch)
     stop = min(total, cfg.max_steps) if cfg.max_steps else total
-    lr = scaled_lr(o.base_lr, o.batch_size * o.accum_steps * dist.world)
+    lr = scaled_lr(o.base_lr, o.batch_size * o.accum_steps * dist.world * repeats)
     optimizer = build_adamw(model, lr=lr, weight_decay=o.weight_decay, betas=o.betas, layer_decay=cfg.layer_decay)
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None
     ckpt_module = nn.ModuleDict({"model": model, "ema": ema}) if ema else model

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..config import PretrainConfig, to_dict
-from ..data.pipeline import SeededSamples, build_dataset, steps_per_epoch, total_steps
+from ..data.pipeline import SeededSamples, check_repeat_aug, build_dataset, steps_per_epoch, total_steps
 from ..data.transforms import mae_train_transform
 from ..data.video import video_train_transform
 from ..engine import checkpoints, distributed, loop
@@ -62,18 +62,20 @@ def run(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
     video = model.encoder.ndim == 3
     shape, num_units = input_geometry(model, d.img_size, d.num_frames)
     dataset, mean, std, _ = build_dataset(d.source, d.split, d.limit, video=video)
+    repeats = check_repeat_aug(d, video)
     if video:
         transform = video_train_transform(shape[1], d.frame_stride, d.img_size, d.mean or mean, d.std or std,
-                                          scale=d.crop_scale, hflip=d.hflip)
+                                          scale=d.crop_scale, hflip=d.hflip, repeats=repeats)
     else:
         transform = mae_train_transform(d.img_size, d.mean or mean, d.std or std, scale=d.crop_scale, hflip=d.hflip,
                                         channels=shape[0])
-    samples = SeededSamples(dataset, transform, seed=cfg.seed, num_units=num_units, mask_ratio=mask_ratio)
+    samples = SeededSamples(dataset, transform, seed=cfg.seed, num_units=num_units, mask_ratio=mask_ratio,
+                            repeats=repeats)
     o = cfg.optim
     per_epoch = steps_per_epoch(len(dataset), o.batch_size, o.accum_steps, dist.world)
     total = total_steps(cfg.epochs, per_epoch)
     stop = min(total, cfg.max_steps) if cfg.max_steps else total
-    lr = scaled_lr(o.base_lr, o.batch_size * o.accum_steps * dist.world)
+    lr = scaled_lr(o.base_lr, o.batch_size * o.accum_steps * dist.world * repeats)
     warmup = round(o.warmup_epochs * per_epoch)
     optimizer = build_adamw(model, lr=lr, weight_decay=o.weight_decay, betas=o.betas)
 
@@ -86,8 +88,9 @@ def run(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
         log.info("no checkpoint in %s: starting from scratch", ckpt_dir)
     train_model = loop.prepare(where, model, to_dict(cfg), compile=cfg.compile)
 
-    log.info("%s: %d images, %d steps/epoch, %d steps, lr %.3g, batch %d x %d accum x %d processes, mask %.2f",
-             cfg.model, len(dataset), per_epoch, stop, lr, o.batch_size, o.accum_steps, dist.world, mask_ratio)
+    log.info("%s: %d %s, %d steps/epoch, %d steps, lr %.3g, batch %d x %d accum x %d processes%s, mask %.2f",
+             cfg.model, len(dataset), "videos" if video else "images", per_epoch, stop, lr, o.batch_size,
+             o.accum_steps, dist.world, f" x {repeats} clips each" if repeats > 1 else "", mask_ratio)
 
     def forward(batch: dict[str, Any], step: int, k: int) -> torch.Tensor:
         x, visible = batch["x"].to(device, non_blocking=True), batch["visible"].to(device)
