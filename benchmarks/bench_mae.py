@@ -19,12 +19,10 @@ On a machine shared with other jobs, 2 OpenMP threads stall on every parallel re
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import math
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -121,28 +119,7 @@ def check_parity(data: dict) -> None:
     assert err < 1e-3, f"encoder outputs differ by {err}"
 
 
-def paired_step_timings(steps: dict[str, Callable], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
-    """As ``hieralab.bench.paired_timings`` but with autograd on: seconds per step, interleaved round by round with
-    the order rotating, so that machine noise hits every variant alike."""
-    names = list(steps)
-    for _ in range(warmup):
-        for n in names:
-            steps[n]()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for n in names[r % len(names):] + names[: r % len(names)]:
-            start = time.perf_counter()
-            steps[n]()
-            times[n].append(time.perf_counter() - start)
-    return times
-
-
 # ---------------------------------------------------------------- memory, in a fresh process per variant
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
-
-
 def child(variant: str, name: str, batch: int, mem_steps: int) -> None:
     """Build one variant, warm up, then print ``MEM {json}`` with the resident baseline and the step peak (KiB)."""
     steps, data = build(name, batch, [variant])
@@ -150,24 +127,11 @@ def child(variant: str, name: str, batch: int, mem_steps: int) -> None:
     step()  # warm-up: allocates the optimizer state, first-touches everything
     step.opt.zero_grad(set_to_none=True)
     del data
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    base = _status_kib("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS
-        reset = _status_kib("VmHWM") <= base + 1024
-    except OSError:
-        reset = False
     start = time.perf_counter()
-    for _ in range(mem_steps):
-        step()
+    base, hwm = B.peak_rss_kib(lambda: [step() for _ in range(mem_steps)])
     sec = (time.perf_counter() - start) / mem_steps
-    print("MEM " + json.dumps({"base_kib": base, "hwm_kib": _status_kib("VmHWM"), "reset": reset, "sec": sec}),
-          flush=True)
+    print("MEM " + json.dumps({"base_kib": base, "hwm_kib": hwm or B.rss_kib("VmHWM"), "reset": hwm is not None,
+                               "sec": sec}), flush=True)
 
 
 def measure_memory(variant: str, name: str, batch: int, mem_steps: int, default_malloc: bool) -> dict:
@@ -282,7 +246,7 @@ def main() -> None:
             steps, data = build(name, batch, variants)
             if "official" in data["models"] and "ours" in data["models"]:
                 check_parity(data)
-            times = paired_step_timings(steps, args.rounds)
+            times = B.paired_timings(steps, rounds=args.rounds, grad=True)
             del steps, data
             gc.collect()
             if args.rounds > 1:

@@ -226,7 +226,10 @@ def test_cli_study_runs_every_row_and_reuses_stages(tmp_path, capsys):
     assert main(argv) == 0
     s = json.loads((tmp_path / "study" / "study.json").read_text())
     assert [r["row"][:3] for r in s["rows"]] == ["(a)", "(b)", "(c)", "(d)", "(e)", "(f)"]
-    assert [len(r["top1"]) for r in s["rows"]] == [2, 2, 2, 1, 1, 1]
+    assert [len(r["top1"]) for r in s["rows"]] == [2] * 6  # every row over both seeds
+    assert (tmp_path / "study" / "scratch_seed1" / "summary.json").exists()
+    for r in s["rows"][3:]:  # the mean validation curve ends at the mean of the reported top-1
+        assert r["per_eval"][-1] == pytest.approx(sum(r["top1"]) / 2, abs=0.01)
     assert (tmp_path / "docs" / "mae_study.png").exists() and (tmp_path / "docs" / "mae_study.md").exists()
     capsys.readouterr()
     before = (tmp_path / "study" / "mae" / "summary.json").stat().st_mtime

@@ -130,3 +130,18 @@ def test_mae_checkpoint_round_trip_and_registry(tmp_path):
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), k
     assert len(hieralab.list_models("mae_hiera_*")) == 12 and len(hieralab.list_models("mae_vit_*")) == 7
+
+
+@pytest.mark.parametrize("ndim,kernel", [(2, (4, 4)), (2, (2, 2)), (3, (1, 2, 2))])
+def test_window_conv_is_the_fusion_conv(ndim, kernel):
+    """The fusion head applied as one matmul on channels-last windows equals the conv on channels-first ones."""
+    from hieralab.mae.hiera_mae import window_conv
+
+    torch.manual_seed(0)
+    conv = (torch.nn.Conv2d if ndim == 2 else torch.nn.Conv3d)(6, 5, kernel, stride=kernel)
+    mu = [2 * k for k in kernel]
+    x = torch.randn(2, 3, *mu, 6)  # [B, U, *mu_s, C_in]
+    expected = conv(x.flatten(0, 1).movedim(-1, 1)).movedim(1, -1).unflatten(0, (2, 3))
+    got = window_conv(x, conv)
+    assert got.shape == (2, 3, *[2] * ndim, 5)
+    assert torch.allclose(got, expected, atol=1e-5)

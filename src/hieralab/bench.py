@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
+import re
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,11 +49,13 @@ def _time(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def paired_timings(fns: Mapping[str, Callable[[], object]], *, rounds: int = 5, warmup: int = 1) -> dict[str, list[float]]:
+def paired_timings(fns: Mapping[str, Callable[[], object]], *, rounds: int = 5, warmup: int = 1,
+                   grad: bool = False) -> dict[str, list[float]]:
     """Seconds per call for each function, interleaved round by round (the order rotates each round) so that
-    machine noise hits every contender alike; ratios are then taken per round."""
+    machine noise hits every contender alike; ratios are then taken per round. ``grad``: autograd on (training
+    steps), else the calls run under inference mode."""
     names = list(fns)
-    with torch.inference_mode():
+    with contextlib.nullcontext() if grad else torch.inference_mode():
         for _ in range(warmup):
             for name in names:
                 fns[name]()
@@ -73,3 +79,31 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- memory on CPU: the process's peak RSS
+# With a fixed glibc mmap threshold (MALLOC_MMAP_THRESHOLD_=131072 in the environment at process start) every tensor
+# of 128 KiB or more is its own mmap, freed back to the OS at once, so the resident set follows the live tensors.
+def rss_kib(field: str = "VmRSS") -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
+
+
+def peak_rss_kib(fn: Callable[[], object]) -> tuple[int, int | None]:
+    """``(base, peak)``: the resident set (KiB) just before ``fn`` (after a collection and malloc_trim) and its
+    peak while ``fn`` runs (Linux: VmHWM, reset through clear_refs); peak None where it cannot be reset."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    base = rss_kib()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # VmHWM := VmRSS
+    except OSError:
+        return base, None
+    if rss_kib("VmHWM") > base + 1024:
+        return base, None
+    fn()
+    return base, rss_kib("VmHWM")

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..layers import Block
 from ..models.hiera import Hiera
-from ..models.layout import windows_to_grid
+from ..models.layout import visible_order, windows_to_grid
 from . import targets
 from .base import MAEBase
 
@@ -126,9 +126,7 @@ class MaskedAutoencoderHiera(MAEBase):
         fused = 0.0
         for head, m in zip(self.multi_scale_fusion_heads, maps):  # m: [B, #visible, *mu_s, C_s]
             if not isinstance(head, nn.Identity):
-                B, U = m.shape[:2]
-                m = head(m.flatten(0, 1).movedim(-1, 1))  # [B*#visible, C_last, *mu_final]
-                m = m.movedim(1, -1).reshape(B, U, *m.shape[2:], m.shape[1])  # [B, #visible, *mu_final, C_last]
+                m = window_conv(m, head)  # [B, #visible, *mu_final, C_last]
             fused = fused + m
         return self.encoder_norm(fused)
 
@@ -139,7 +137,7 @@ class MaskedAutoencoderHiera(MAEBase):
         U = visible.shape[1]
         # Scatter the visible units into a full set of units made of mask tokens: [B, #MU, *mu_final, D].
         full = self.mask_token.view(1, 1, *([1] * self.ndim), D).expand(B, U, *x.shape[2:-1], D)
-        order = torch.argsort((~visible).to(torch.uint8), dim=1, stable=True)[:, : x.shape[1]]  # visible unit ids
+        order = visible_order(visible, x.shape[1])  # visible unit ids
         index = order.view(B, -1, *([1] * (self.ndim + 1))).expand_as(x)
         full = full.scatter(1, index, x)
         x = windows_to_grid(full, num_units).flatten(1, -2)  # [B, N, D], raster order over the final token grid
@@ -160,3 +158,23 @@ class MaskedAutoencoderHiera(MAEBase):
         return resample_grid(pos, grid).flatten(1, 2)
 
     # ---------------------------------------------------------------- bookkeeping
+
+
+def window_conv(x: torch.Tensor, conv: nn.Conv2d | nn.Conv3d) -> torch.Tensor:
+    """A fusion head's conv (kernel = stride, no padding) on channels-last unit windows, as the linear map it is:
+    ``[B, U, *mu_s, C_in] -> [B, U, *mu_s / kernel, C_out]``.
+
+    Each unit dim is split into (output position, kernel offset), the offsets are brought next to the channels and
+    one matmul applies the conv's weight, flattened in the same (offsets, channel) order. Same weights and values as
+    ``conv`` on ``[N, C_in, *mu_s]``, without the channels-first copies, and without inductor's convolution layout
+    choice, which breaks under ``torch.compile`` when N (= B x #visible) is a size read from the mask.
+    """
+    k = conv.kernel_size
+    nd = len(k)
+    B, U, *mu, C = x.shape
+    out = [s // kk for s, kk in zip(mu, k)]
+    x = x.reshape(B, U, *[v for o, kk in zip(out, k) for v in (o, kk)], C)  # [B, U, o_0, k_0, o_1, k_1, ..., C]
+    x = x.permute(0, 1, *range(2, 2 + 2 * nd, 2), *range(3, 3 + 2 * nd, 2), 2 + 2 * nd)  # [B, U, *o, *k, C]
+    x = x.reshape(B, U, *out, -1)  # [B, U, *o, prod(k) * C_in]
+    w = conv.weight.permute(0, *range(2, 2 + nd), 1).reshape(conv.out_channels, -1)  # [C_out, prod(k) * C_in]
+    return nn.functional.linear(x, w, conv.bias)

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..layers import Block
 from ..layers.pos_embed import resample_grid, sincos_2d
+from ..models.layout import visible_order
 from ..models.vit import VisionTransformer
 from . import targets
 from .base import MAEBase
@@ -78,9 +79,8 @@ class MaskedAutoencoderViT(MAEBase):
         """``[B, 1 + #visible, C]``: class token, then the visible patches in raster order."""
         tokens = self.encoder.embed(x)  # [B, N, C]
         B, N, C = tokens.shape
-        keep = int(visible[0].sum())
-        order = torch.argsort((~visible).to(torch.uint8), dim=1, stable=True)[:, :keep]  # [B, keep]
-        tokens = torch.gather(tokens, 1, order[..., None].expand(B, keep, C))  # [B, keep, C]
+        order = visible_order(visible)  # [B, keep]
+        tokens = torch.gather(tokens, 1, order[..., None].expand(B, -1, C))  # [B, keep, C]
         return self.encoder.encode(tokens)
 
     def forward_decoder(self, latent: torch.Tensor, visible: torch.Tensor, grid: list[int]) -> torch.Tensor:
@@ -88,7 +88,7 @@ class MaskedAutoencoderViT(MAEBase):
         x = self.decoder_embed(latent)  # [B, 1 + keep, D]
         B, D = x.shape[0], x.shape[-1]
         N = visible.shape[1]
-        order = torch.argsort((~visible).to(torch.uint8), dim=1, stable=True)[:, : x.shape[1] - 1]
+        order = visible_order(visible, x.shape[1] - 1)
         full = self.mask_token.expand(B, N, D).scatter(1, order[..., None].expand(-1, -1, D), x[:, 1:])  # [B, N, D]
         x = torch.cat([x[:, :1], full], dim=1) + self._decoder_pos_embed(grid)  # [B, 1 + N, D]
         for block in self.decoder_blocks:

@@ -23,7 +23,7 @@ from torch import nn
 from ..layers import ClassifierHead, DropPath, MaskUnitAttention, Mlp, PatchEmbed
 from ..layers import pos_embed as pe
 from .checkpoint import PretrainedMixin
-from .layout import reroll, units_to_windows, unroll
+from .layout import reroll, units_to_windows, unroll, visible_order
 
 
 class LayerScale(nn.Module):
@@ -367,6 +367,5 @@ def gather_units(x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
     A gather with a fixed count per sample (no boolean indexing), so shapes do not depend on data beyond that count.
     """
     B, U, L, C = x.shape
-    keep = int(visible[0].sum())
-    order = torch.argsort((~visible).to(torch.uint8), dim=1, stable=True)[:, :keep]  # visible units first, in order
+    order = visible_order(visible)  # [B, #visible]
     return torch.gather(x, 1, order[:, :, None, None].expand(B, -1, L, C))

@@ -40,7 +40,7 @@ def _split_dims(num_units: Shape, schedule: Sequence[Shape]) -> tuple[list[int],
     perm = [d * per_dim for d in range(ndim)]
     for k in range(levels):
         perm += [d * per_dim + 1 + (levels - 1 - k) for d in range(ndim)]
-    return view, perm, [num_units[d] * math.prod(s[d] for s in schedule) for d in range(ndim)]
+    return view, perm, [num_units[d] * math.prod([s[d] for s in schedule]) for d in range(ndim)]
 
 
 def unroll(x: torch.Tensor, num_units: Shape, schedule: Sequence[Shape]) -> torch.Tensor:
@@ -102,3 +102,19 @@ def windows_to_grid(x: torch.Tensor, num_units: Shape) -> torch.Tensor:
     x = x.reshape(B, *num_units, *mu, C)  # [B, *#MU, *mu, C]
     perm = [0] + [p for d in range(ndim) for p in (1 + d, 1 + ndim + d)] + [1 + 2 * ndim]
     return x.permute(perm).reshape(B, *(n * m for n, m in zip(num_units, mu)), C)  # [B, *G, C]
+
+
+def visible_order(visible: torch.Tensor, keep: int | None = None) -> torch.Tensor:
+    """The indices of the visible units (or patches) of a mask ``[B, N]`` (True = visible), in order: ``[B, keep]``.
+
+    Every sample keeps the same count, so deleting the hidden units is a gather with a fixed shape, never boolean
+    indexing. ``keep`` defaults to the first sample's count; under ``torch.compile`` that count is read from the data
+    (an unbacked size) and the compiler is told what it may assume: at least 2 and at most ``N`` (with 1 it would
+    have to treat the dimension as broadcastable), so the whole MAE step traces as one graph.
+    """
+    if keep is None:
+        keep = int(visible[0].sum())
+        if torch.compiler.is_compiling():
+            torch._check(keep >= 2)
+            torch._check(keep <= visible.shape[1])
+    return torch.argsort((~visible).to(torch.uint8), dim=1, stable=True)[:, :keep]  # visible first, stable

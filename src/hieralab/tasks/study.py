@@ -3,7 +3,7 @@
 On Fashion-MNIST, with one encoder and one budget, six rows: linear probes on (a) raw pixels, (b) a random-init
 encoder and (c) the MAE-pretrained encoder (each over several seeds: the probe's init and order, and for (b) the
 encoder's init), then (d) supervised training from scratch, (e) fine-tuning the MAE encoder and (f) fine-tuning
-only its last k blocks. Writes ``study.json``, ``study.md`` (the table, with the command and the time each row
+only its last k blocks (each over the same seeds: the head's init and the data order). Writes ``study.json``, ``study.md`` (the table, with the command and the time each row
 took) and ``study.png``; every stage is a normal run folder under ``out_dir`` and is reused when it is complete.
 """
 
@@ -50,12 +50,30 @@ def _probe_rows(name: str, feats: dict[int, tuple], labels: tuple, seeds: Sequen
     return {"row": name, "top1": accs, "seconds": round(seconds, 1)}
 
 
-def _finetune_row(name: str, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
-    summary_path = run_dir / "summary.json"
-    if not summary_path.exists():
-        finetune.run(load_config(FinetuneConfig, None, [*overrides, f"out_dir={run_dir}"]), resume=True)
-    s = json.loads(summary_path.read_text())
-    return {"row": name, "top1": [s["last_top1"]], "seconds": s["seconds"], "best_top1": s["best_top1"]}
+def _finetune_row(name: str, run_dir: Path, overrides: list[str], seeds: Sequence[int]) -> dict[str, Any]:
+    """One fine-tuning run per seed (the head's init and the data order; seed 0 in ``run_dir``, seed k in
+    ``run_dir_seed<k>``); complete runs are reused. ``per_eval``: the seeds' mean validation top-1 per epoch."""
+    top1, seconds, curves = [], 0.0, []
+    for seed in seeds:
+        out = run_dir if seed == 0 else run_dir.with_name(f"{run_dir.name}_seed{seed}")
+        if not (out / "summary.json").exists():
+            finetune.run(load_config(FinetuneConfig, None, [*overrides, f"seed={seed}", f"out_dir={out}"]),
+                         resume=True)
+        s = json.loads((out / "summary.json").read_text())
+        top1.append(s["last_top1"])
+        seconds += s["seconds"]
+        curves.append(validation_curve(out / "log.csv"))
+        log.info("study: %s seed %d: %.2f %%", name, seed, top1[-1])
+    per_eval = [round(statistics.mean(v), 2) for v in zip(*curves)]
+    return {"row": name, "top1": top1, "seconds": round(seconds, 1), "per_eval": per_eval}
+
+
+def validation_curve(log_csv: Path) -> list[float]:
+    """The validation top-1 of each evaluation in a run's ``log.csv`` (once per epoch by default)."""
+    import csv
+
+    with open(log_csv, newline="") as f:
+        return [round(float(r["val_top1"]), 2) for r in csv.DictReader(f) if r.get("val_top1")]
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
@@ -116,10 +134,10 @@ def run(*, encoder: str = "vit_micro_patch4_32", preset: str = "mae_vit_micro_fm
     ft = [*args, f"epochs={finetune_epochs}", "optim.batch_size=128", "data.num_workers=2", "aug.mixup=0",
           "aug.cutmix=0", "aug.randaug=null", "aug.reprob=0", "optim.warmup_epochs=0.2", f"aug.crop_scale={crop}"]
     rows += [
-        _finetune_row("(d) supervised from scratch", out / "scratch", [*ft, "layer_decay=1.0"]),
-        _finetune_row("(e) fine-tune the MAE encoder", out / "finetune", [*ft, f"init={mae_dir}"]),
+        _finetune_row("(d) supervised from scratch", out / "scratch", [*ft, "layer_decay=1.0"], seeds),
+        _finetune_row("(e) fine-tune the MAE encoder", out / "finetune", [*ft, f"init={mae_dir}"], seeds),
         _finetune_row(f"(f) fine-tune its last {trainable_blocks} blocks", out / "partial",
-                      [*ft, f"init={mae_dir}", f"trainable_blocks={trainable_blocks}"]),
+                      [*ft, f"init={mae_dir}", f"trainable_blocks={trainable_blocks}"], seeds),
     ]
     summary = {"encoder": encoder, "preset": preset, "pretrain_epochs": pretrain_epochs,
                "pretrain_seconds": pre["seconds"], "pretrain_final_loss": pre["final_loss"],
@@ -165,13 +183,14 @@ def _probe_study(encoder, model_args, train_set, val_set, tf, mae_dir, seeds, pr
 
 
 def table(s: dict[str, Any]) -> str:
-    lines = ["| row | test top-1 (%) | seeds | time (s) |", "|---|---|---|---|"]
+    lines = ["| row | test top-1 (%) | seeds | after each epoch | time (s) |", "|---|---|---|---|---|"]
     for r in s["rows"]:
         acc = r["top1"]
         cell = f"{statistics.mean(acc):.2f} ± {statistics.stdev(acc):.2f}" if len(acc) > 1 else f"{acc[0]:.2f}"
         spread = f" (min {min(acc):.2f}, max {max(acc):.2f})" if len(acc) > 1 else ""
+        curve = " → ".join(f"{v:.2f}" for v in r.get("per_eval", [])) or "—"  # mean over seeds
         seconds = "—" if r.get("seconds") is None else f"{r['seconds']:.0f}"
-        lines.append(f"| {r['row']} | {cell}{spread} | {len(acc)} | {seconds} |")
+        lines.append(f"| {r['row']} | {cell}{spread} | {len(acc)} | {curve} | {seconds} |")
     return "\n".join(lines) + "\n"
 
 
@@ -181,7 +200,8 @@ def report(s: dict[str, Any]) -> str:
             f"Made by `hieralab study` (see `hieralab study --help`): MAE preset `{s['preset']}`, "
             f"{s['pretrain_epochs']:g} epochs on {s['train_images']:,} training images in {s['pretrain_seconds']:.0f} s "
             f"(final loss {s['pretrain_final_loss']:.3f}); probes: best of {len(LRS)} learning rates, "
-            f"{s['probe_epochs']} epochs, seeds {s['seeds']}; fine-tuning: {s['finetune_epochs']:g} epochs, one seed. "
+            f"{s['probe_epochs']} epochs; fine-tuning: {s['finetune_epochs']:g} epochs (\"after each epoch\": validation "
+            f"top-1, mean over seeds); seeds {s['seeds']} for every row. "
             f"Test top-1 on {s['test_images']:,} images; {s['threads']} threads. A time of \"—\" marks rows reused "
             f"from an earlier run of the same command.\n\n" + table(s))
 
