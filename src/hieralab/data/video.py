@@ -15,7 +15,7 @@ import csv
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -137,15 +137,29 @@ class VideoClips(torch.utils.data.Dataset):
         return self.items[i]
 
 
-def read_clip(path: Path, num_frames: int, stride: int, *, start: int | None = None,
-              generator: torch.Generator | None = None) -> torch.Tensor | None:
-    """One sampled clip ``uint8 [T, H, W, 3]``, or ``None`` (logged) when the file cannot be decoded."""
+def read_clips(path: Path, num_frames: int, stride: int, *, count: int = 1,
+               starts: Callable[[int], Sequence[int]] | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """Clips ``uint8 [n, T, H, W, 3]`` from one decoding pass, or ``None`` (logged) when the file cannot be decoded.
+
+    ``starts(total)`` gives their first frames from the video's frame count (e.g. evenly spaced test clips);
+    without it, ``count`` clips start at random (drawn from ``generator``, else the global one)."""
     try:
         total = video_frame_count(path)
-        return decode_frames(path, clip_indices(total, num_frames, stride, start=start, generator=generator))
+        firsts = starts(total) if starts is not None else [None] * count
+        indices = [i for s in firsts for i in clip_indices(total, num_frames, stride, start=s, generator=generator)]
+        return decode_frames(path, indices).unflatten(0, (len(firsts), num_frames))
     except Exception as e:  # corrupt, truncated, not a video, no video stream: skipped and counted
         log.debug("skipping unreadable clip %s (%s)", path, e)
         return None
+
+
+def read_clip(path: Path, num_frames: int, stride: int, *, start: int | None = None,
+              generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """One sampled clip ``uint8 [T, H, W, 3]`` (at ``start``, else at random), or ``None`` when unreadable."""
+    clips = read_clips(path, num_frames, stride, starts=None if start is None else lambda total: [start],
+                       generator=generator)
+    return None if clips is None else clips[0]
 
 
 def video_train_transform(num_frames: int, stride: int, img_size: int, mean: Sequence[float], std: Sequence[float],
@@ -169,17 +183,11 @@ def video_train_transform(num_frames: int, stride: int, img_size: int, mean: Seq
         return spatial(clip.permute(0, 3, 1, 2)).permute(1, 0, 2, 3)  # [T, 3, H, W] (one crop) -> [3, T, H, W]
 
     def transform(path: Path) -> torch.Tensor | None:
-        if repeats == 1:
-            clip = read_clip(path, num_frames, stride)
-            return None if clip is None else one(clip)
-        try:
-            total = video_frame_count(path)
-            indices = [i for _ in range(repeats) for i in clip_indices(total, num_frames, stride)]
-            frames = decode_frames(path, indices)  # [repeats * T, H, W, 3], one pass
-        except Exception as e:
-            log.debug("skipping unreadable clip %s (%s)", path, e)
+        clips = read_clips(path, num_frames, stride, count=repeats)  # [repeats, T, H, W, 3], one pass
+        if clips is None:
             return None
-        return torch.stack([one(clip) for clip in frames.split(num_frames)])  # [repeats, 3, T, H, W]
+        views = torch.stack([one(clip) for clip in clips])  # [repeats, 3, T, H, W]
+        return views if repeats > 1 else views[0]
 
     return transform
 
@@ -208,16 +216,11 @@ def video_eval_transform(num_frames: int, stride: int, img_size: int, mean: Sequ
     ``spatial_views`` crops (the Kinetics test protocol is 5 x 3 for Hiera-B / 7 x 3 for MViT), clip-major order."""
 
     def transform(path: Path) -> torch.Tensor | None:
-        try:
-            total = video_frame_count(path)
-            starts = uniform_starts(total, num_frames, stride, temporal_views)
-            indices = [i for s in starts for i in clip_indices(total, num_frames, stride, start=s)]
-            frames = decode_frames(path, indices)  # one decoding pass for all the clips: [views * T, H, W, 3]
-            views = [video_eval_views(clip, img_size, mean, std, spatial_crops=spatial_views)
-                     for clip in frames.split(num_frames)]
-        except Exception as e:
-            log.debug("skipping unreadable clip %s (%s)", path, e)
+        clips = read_clips(path, num_frames, stride,  # one decoding pass for all: [temporal, T, H, W, 3]
+                           starts=lambda total: uniform_starts(total, num_frames, stride, temporal_views))
+        if clips is None:
             return None
-        return torch.cat(views)  # [temporal * spatial, 3, T, S, S]
+        return torch.cat([video_eval_views(clip, img_size, mean, std, spatial_crops=spatial_views)
+                          for clip in clips])  # [temporal * spatial, 3, T, S, S]
 
     return transform
