@@ -325,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-epochs", type=float, default=10)
     p.add_argument("--finetune-epochs", type=float, default=2)
     p.add_argument("--trainable-blocks", type=int, default=2)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of every row (probes: init and order, and the random encoder; fine-tuning: head init and order)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="seeds of every row (probes: init and order, and the random encoder; fine-tuning: head init "
+                        "and order)")
     p.add_argument("--probe-epochs", type=int, default=30)
     p.add_argument("--limit", type=int, help="only the first N images of each split (a quick look)")
     p.add_argument("--out", default="runs/study")

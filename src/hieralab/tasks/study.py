@@ -3,8 +3,9 @@
 On Fashion-MNIST, with one encoder and one budget, six rows: linear probes on (a) raw pixels, (b) a random-init
 encoder and (c) the MAE-pretrained encoder (each over several seeds: the probe's init and order, and for (b) the
 encoder's init), then (d) supervised training from scratch, (e) fine-tuning the MAE encoder and (f) fine-tuning
-only its last k blocks (each over the same seeds: the head's init and the data order). Writes ``study.json``, ``study.md`` (the table, with the command and the time each row
-took) and ``study.png``; every stage is a normal run folder under ``out_dir`` and is reused when it is complete.
+only its last k blocks (each over the same seeds: the head's init and the data order). Writes ``study.json``,
+``study.md`` (the table, with the command and the time each row took) and ``study.png``; every stage is a normal run
+folder under ``out_dir`` and is reused when it is complete.
 """
 
 from __future__ import annotations
