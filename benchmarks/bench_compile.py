@@ -19,18 +19,6 @@ from hieralab.mae.masking import random_visible
 warnings.filterwarnings("ignore")
 
 
-def mae_step(model: torch.nn.Module, x: torch.Tensor, visible: torch.Tensor):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-
-    def step() -> float:
-        loss = model(x, visible).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.item()
-    return step
-
-
 def first_call(fn) -> tuple[float, object]:
     start = time.perf_counter()
     out = fn()
@@ -67,7 +55,9 @@ def main() -> None:
         visible = random_visible(args.batch, 49, 0.6, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             ref = mae(x, visible).loss.item()
-        steps = {"eager": mae_step(mae, x, visible), "compiled": mae_step(torch.compile(twin, fullgraph=True), x, visible)}
+        fast_mae = torch.compile(twin, fullgraph=True)
+        steps = {"eager": B.adamw_step(mae, lambda: mae(x, visible).loss),
+                 "compiled": B.adamw_step(twin, lambda: fast_mae(x, visible).loss)}
         t_compile, first = first_call(steps["compiled"])
         times = B.paired_timings(steps, rounds=args.rounds, grad=True)
         rows.append([f"mae_{name}", "MAE step (mask 0.6)", args.batch, f"{B.median(times['eager']) * 1e3:.0f}",

@@ -112,18 +112,9 @@ def count_gflops(call: Callable[[], object], images: int) -> float:
 
 
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], float]:
-    """One supervised step; the fused AdamW's state is allocated by the first (warm-up) call."""
+    """One supervised step (cross-entropy, backward, fused AdamW)."""
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-
-    def step() -> float:
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)  # after the step: no contender holds gradients between its calls
-        return loss.item()
-
-    return step
+    return B.adamw_step(model, lambda: nn.functional.cross_entropy(model(x), y))
 
 
 def mae_steps(batch: int) -> dict[str, Callable[[], float]]:
@@ -143,22 +134,11 @@ def mae_steps(batch: int) -> dict[str, Callable[[], float]]:
         a, b = official(x, mask=visible)[0].item(), ours(x, visible).loss.item()
     assert abs(a - b) < 1e-4 * abs(a), f"MAE losses differ: official {a}, ours {b}"
 
-    def make(model: nn.Module, loss: Callable[[], torch.Tensor]) -> Callable[[], float]:
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-
-        def step() -> float:
-            value = loss()
-            value.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return value.item()
-        return step
-
     return {
-        "official": make(official, lambda: official(x, mask=visible)[0]),
-        "ours": make(ours, lambda: ours(x, visible).loss),
-        "ours encoder, mask 0.6": make(ours, lambda: ours.forward_encoder(x, visible).square().mean()),
-        "ours encoder, mask 0": make(ours, lambda: ours.forward_encoder(x, dense).square().mean()),
+        "official": B.adamw_step(official, lambda: official(x, mask=visible)[0]),
+        "ours": B.adamw_step(ours, lambda: ours(x, visible).loss),
+        "ours encoder, mask 0.6": B.adamw_step(ours, lambda: ours.forward_encoder(x, visible).square().mean()),
+        "ours encoder, mask 0": B.adamw_step(ours, lambda: ours.forward_encoder(x, dense).square().mean()),
     }
 
 

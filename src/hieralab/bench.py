@@ -66,6 +66,21 @@ def paired_timings(fns: Mapping[str, Callable[[], object]], *, rounds: int = 5, 
     return times
 
 
+def adamw_step(model: nn.Module, loss: Callable[[], torch.Tensor], lr: float = 1e-5) -> Callable[[], float]:
+    """A training step to time: ``loss()``, backward, a fused AdamW step, then the gradients dropped (so no
+    contender holds them between calls); the optimizer state is allocated by the first call."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, fused=True)
+
+    def step() -> float:
+        value = loss()
+        value.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return value.item()
+
+    return step
+
+
 def median(xs: Sequence[float]) -> float:
     return statistics.median(xs)
 
