@@ -223,7 +223,7 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hieralab.engine.run_log import save_figure
+    from hieralab.viz.figures import save_figure
 
     sections = [(s, b) for s, b in dict.fromkeys((r.section, r.batch) for r in rows) if not (s == "inference" and b == 1)]
     fig, axes = plt.subplots(1, len(sections), figsize=(5.2 * len(sections), 5), dpi=110, squeeze=False)

@@ -50,3 +50,43 @@ def official_on_meta(monkeypatch):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# A tiny MAE-Hiera (16-d, one block a stage) on the demo's preset: a run takes about a second.
+MAE_TINY = ["model_args.embed_dim=16", "model_args.num_heads=1", "model_args.stages=[1,1,1]",
+            "model_args.decoder_embed_dim=32", "model_args.decoder_depth=1", "model_args.decoder_num_heads=2"]
+PRESET = "mae_hiera_fmnist"  # what the CLI uses by default, so library and CLI runs are the same runs
+
+
+def tiny_mae(in_chans: int = 3) -> torch.nn.Module:
+    """The model of :data:`MAE_TINY` runs on RGB images."""
+    import hieralab
+
+    return hieralab.create_model("mae_hiera_mini_32", embed_dim=16, num_heads=1, stages=[1, 1, 1],
+                                 decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2, in_chans=in_chans)
+
+
+def pretrain_args(out: Path, images: Path, *extra: str) -> list[str]:
+    """Overrides of a tiny pretraining run on ``images`` into ``out`` (2 epochs, a log row every step)."""
+    return [f"data.source={images}", "data.num_workers=0", "optim.batch_size=8", f"out_dir={out}", "log_every=1",
+            "optim.base_lr=1e-2", "optim.warmup_epochs=0.4", "recon_images=2", "epochs=2", *MAE_TINY, *extra]
+
+
+def run_pretrain(overrides: list[str], resume: bool = False, **options) -> dict:
+    from hieralab.config import PretrainConfig, load_config
+    from hieralab.tasks import pretrain
+
+    return pretrain.run(load_config(PretrainConfig, PRESET, overrides), resume=resume, **options)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The CLI's error lines (log lines and progress bars aside); a traceback would show up as extra lines."""
+    assert "Traceback" not in stderr
+    return [line for line in stderr.splitlines() if line.startswith("hieralab ")]
+
+
+def losses(run_dir: Path) -> list[tuple[int, float]]:
+    """``(step, loss)`` rows of a run's log (complete lines only: the run may be writing it)."""
+    from hieralab.files import read_csv
+
+    return [(int(r["step"]), float(r["loss"])) for r in read_csv(run_dir / "log.csv")[1]]

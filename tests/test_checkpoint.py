@@ -70,10 +70,46 @@ def test_pickled_objects_are_refused(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"model_state": Evil()}, f)
-    with pytest.raises(ValueError, match="not a weights-only torch checkpoint"):
+    with pytest.raises(ValueError, match="holds pickled Python objects.*not unpickled"):
         hieralab.load_checkpoint(hieralab.create_model("hiera_tiny_224", **TOY), path)
 
 
 def test_missing_checkpoint_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         hieralab.create_model("hiera_tiny_224", **TOY, checkpoint=str(tmp_path / "nope.pth"))
+
+
+def test_a_folder_saved_with_other_arguments_is_an_error_naming_them(tmp_path):
+    model = randomize_(hieralab.create_model("hiera_tiny_224", **TOY, q_pool=1)).eval()  # same shapes as q_pool 3
+    model.save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match=r"was saved with q_pool=1 \(this model: q_pool=3\).*from_pretrained"):
+        hieralab.create_model("hiera_tiny_224", **TOY, checkpoint=str(tmp_path / "m"))
+    same = hieralab.create_model("hiera_tiny_224", **TOY, q_pool=1, checkpoint=str(tmp_path / "m")).eval()
+    again = hieralab.from_pretrained(tmp_path / "m").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(same(x), model(x)) and torch.equal(again(x), model(x))
+    # what may differ: the head's class count (a new head) and the input size (the table is resampled)
+    hieralab.create_model("hiera_tiny_224", **TOY, q_pool=1, num_classes=7, input_size=(256, 256),
+                          checkpoint=str(tmp_path / "m"))
+
+
+def test_load_checkpoint_takes_the_official_training_dict():
+    src = randomize_(hieralab.create_model("hiera_tiny_224", **TOY))
+    dst = hieralab.create_model("hiera_tiny_224", **TOY)
+    assert hieralab.load_checkpoint(dst, {"model_state": src.state_dict(), "epoch": 3}) == []
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+    with pytest.raises(ValueError, match="holds no state dict of tensors"):
+        hieralab.load_checkpoint(dst, {"epoch": 3})
+
+
+def test_from_pretrained_honours_the_class_it_is_called_on(tmp_path):
+    mae = hieralab.create_model("mae_hiera_tiny_224", **TOY, decoder_depth=1)
+    mae.save_pretrained(tmp_path / "mae")
+    MAE = hieralab.MaskedAutoencoderHiera
+    assert isinstance(MAE.from_pretrained(tmp_path / "mae"), MAE)
+    assert isinstance(hieralab.from_pretrained(tmp_path / "mae"), hieralab.MaskedAutoencoderHiera)
+    with pytest.raises(ValueError, match="holds a MaskedAutoencoderHiera .* not a Hiera"):
+        hieralab.Hiera.from_pretrained(tmp_path / "mae")
+    with pytest.raises(FileNotFoundError, match="holds the save_pretrained folders mae/"):
+        hieralab.from_pretrained(tmp_path)

@@ -14,15 +14,17 @@ import torch
 from safetensors.torch import load_file
 
 import hieralab
-from conftest import draw_images
+from conftest import MAE_TINY, draw_images
 from hieralab.cli import main
 from hieralab.config import FinetuneConfig, PretrainConfig, load_config
 from hieralab.engine.optim import build_adamw
 from hieralab.tasks import finetune, pretrain
-from hieralab.tasks.evaluate import classification_metrics, confusion_matrix
-from hieralab.tasks.features import knn_classify
+from hieralab.config import LinprobeConfig
+from hieralab.engine.evaluate import classification_metrics, confusion_matrix, knn_classify
+from hieralab.engine.trainer import Trainer
+from hieralab.tasks.evaluate import eval_folder_name
 from hieralab.tasks.finetune import freeze_all_but_last_blocks
-from hieralab.tasks.linprobe import train_probes
+from hieralab.tasks.linprobe import fit_probes
 
 TINY = ["model=hiera_mini_32", "model_args.embed_dim=16", "model_args.num_heads=1", "model_args.stages=[1,1,1]"]
 
@@ -88,17 +90,19 @@ def test_metrics_confusion_and_knn_on_known_inputs():
     assert scores.argmax(1).tolist() == [0, 1]
 
 
-def test_probes_learn_separable_features_and_not_random_labels():
+def probe(tmp_path, name, x, y, lrs):
+    cfg = LinprobeConfig(out_dir=str(tmp_path / name), lrs=tuple(lrs), epochs=20, batch_size=64)
+    with Trainer(cfg, task="linprobe") as trainer:
+        return fit_probes(trainer, cfg, (x[:400], y[:400]), (x[400:], y[400:]))
+
+
+def test_probes_learn_separable_features_and_not_random_labels(tmp_path):
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 4, (600,), generator=g)
     x = torch.randn(600, 16, generator=g) + 4 * torch.nn.functional.one_hot(y, 16)  # 4 well separated clusters
-    _, accs = train_probes(x[:400], y[:400], x[400:], y[400:], num_classes=4, lrs=[0.01, 0.1, 1.0], epochs=20,
-                           batch_size=64)
-    assert max(accs) > 97
+    assert probe(tmp_path, "clusters", x, y, [0.01, 0.1, 1.0])["best_top1"] > 97
     shuffled = y[torch.randperm(600, generator=g)]
-    _, accs = train_probes(x[:400], shuffled[:400], x[400:], shuffled[400:], num_classes=4, lrs=[0.1, 1.0],
-                           epochs=20, batch_size=64)
-    assert max(accs) < 45  # chance is 25 %
+    assert probe(tmp_path, "shuffled", x, shuffled, [0.1, 1.0])["best_top1"] < 45  # chance is 25 %
 
 
 # ---------------------------------------------------------------- fine-tuning runs
@@ -136,6 +140,29 @@ def test_finetune_from_an_mae_run_and_partially(tmp_path, images):
         assert torch.equal(tuned[k], v), k
 
 
+def test_an_mae_runs_encoder_and_its_classifier_round_trip(tmp_path, images):
+    pretrain.run(load_config(PretrainConfig, "mae_hiera_fmnist", [
+        f"data.source={images}", "data.num_workers=0", "optim.batch_size=8", f"out_dir={tmp_path / 'mae'}",
+        "max_steps=1", "recon_images=0", *MAE_TINY]))
+    enc = hieralab.from_pretrained(tmp_path / "mae" / "encoder")  # the README's line, for a Hiera MAE run
+    mae = hieralab.from_pretrained(tmp_path / "mae" / "model")
+    assert isinstance(enc, hieralab.Hiera) and enc.num_classes == 0
+    assert all(torch.equal(mae.encoder.state_dict()[k], v) for k, v in enc.state_dict().items()
+               if not k.startswith("norm."))
+    registered = hieralab.model_config("hiera_mini_32")["q_pool"]  # the classifier pools where the MAE does not
+    assert enc.config["q_pool"] == registered != mae.config["q_pool"]
+    run_ft(ft_args(tmp_path / "ft", images, f"init={tmp_path / 'mae'}", "max_steps=1"))
+    saved = json.loads((tmp_path / "ft" / "last" / "config.json").read_text())["config"]
+    assert saved["q_pool"] == registered and saved["embed_dim"] == 16
+    with pytest.raises(ValueError, match="was saved with .*embed_dim=16"):  # the registered width is 64
+        hieralab.create_model("hiera_mini_32", checkpoint=str(tmp_path / "ft" / "last"))
+    arch = {k: saved[k] for k in ("embed_dim", "num_heads", "stages", "num_classes", "in_chans")}
+    loaded = hieralab.create_model("hiera_mini_32", **arch, checkpoint=str(tmp_path / "ft" / "last")).eval()
+    x = torch.randn(2, saved["in_chans"], 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), hieralab.from_pretrained(tmp_path / "ft" / "last").eval()(x))
+
+
 def test_two_process_finetune_matches_one_process(tmp_path, images):
     plain = ["aug.mixup=0", "aug.cutmix=0", "aug.smoothing=0", "aug.randaug=null", "aug.reprob=0", "drop_path=0",
              "max_steps=3"]
@@ -158,9 +185,10 @@ def test_cli_eval_predict_linprobe_extract(tmp_path, images, capsys):
 
     assert main(["eval", str(tmp_path / "ft"), "--data", str(images)]) == 0
     out = capsys.readouterr().out
-    metrics = json.loads((tmp_path / "ft" / "best" / "eval-test" / "metrics.json").read_text())
-    assert f"top-1 {metrics['top1']:.2f} %" in out and metrics["count"] == 48
-    assert (tmp_path / "ft" / "best" / "eval-test" / "confusion.png").exists()
+    eval_dir = tmp_path / "ft" / "best" / eval_folder_name(str(images), "test")
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    assert f"top-1 {metrics['top1']:.2f} %" in out and metrics["count"] == 48 and str(eval_dir) in out
+    assert (eval_dir / "confusion.png").exists()
 
     assert main(["predict", str(images / "boxes" / "000.png"), "--checkpoint", str(tmp_path / "ft")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -236,3 +264,12 @@ def test_cli_study_runs_every_row_and_reuses_stages(tmp_path, capsys):
     assert main(argv) == 0  # everything reused: nothing retrained
     assert (tmp_path / "study" / "mae" / "summary.json").stat().st_mtime == before
     assert "(f) fine-tune its last 2 blocks" in capsys.readouterr().out
+
+
+def test_evaluations_of_different_data_write_to_different_folders(tmp_path):
+    a, b = tmp_path / "a" / "photos", tmp_path / "b" / "photos"  # two folders of the same name
+    names = [eval_folder_name(str(a), "test"), eval_folder_name(str(b), "test"),
+             eval_folder_name("fashion-mnist", "test"), eval_folder_name("fashion-mnist", "train"),
+             eval_folder_name(str(a), "test", (5, 3))]
+    assert len(set(names)) == 5 and names[0].startswith("eval-photos-") and names[2] == "eval-fashion-mnist-test"
+    assert eval_folder_name(str(a) + "/", "test") == names[0]  # the same data, the same folder

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import hieralab
 from hieralab.mae import keep_count, random_visible, targets
-from hieralab.mae.masking import seeded_generator
+from hieralab.seeds import generator
 
 
 @settings(max_examples=40, deadline=None)
@@ -22,9 +22,9 @@ def test_masks_keep_the_same_count_in_every_row(batch, units, ratio):
 
 
 def test_masks_are_seeded_and_differ_across_seeds():
-    a = random_visible(4, 49, 0.6, generator=seeded_generator(0, 1, 2))
-    assert torch.equal(a, random_visible(4, 49, 0.6, generator=seeded_generator(0, 1, 2)))
-    assert not torch.equal(a, random_visible(4, 49, 0.6, generator=seeded_generator(0, 1, 3)))
+    a = random_visible(4, 49, 0.6, generator=generator(0, "mask", 1, 2))
+    assert torch.equal(a, random_visible(4, 49, 0.6, generator=generator(0, "mask", 1, 2)))
+    assert not torch.equal(a, random_visible(4, 49, 0.6, generator=generator(0, "mask", 1, 3)))
     with pytest.raises(ValueError, match="mask_ratio"):
         random_visible(1, 10, 1.0)
 

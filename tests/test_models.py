@@ -1,5 +1,6 @@
 """Every registered model, at a toy depth and size: shapes, gradients, API, bad input."""
 
+import inspect
 import math
 
 import pytest
@@ -178,3 +179,37 @@ def test_mlp_training_path_recomputes_gelu_with_the_same_gradients():
         out = mlp(x)
     out.float().sum().backward()
     assert out.dtype == torch.bfloat16 and all(p.grad.dtype == torch.float32 for p in mlp.parameters())
+
+
+@pytest.mark.parametrize("name", ["hiera_tiny_224", "vit_mini_patch4_32", "t2t_vit_mini_32"])
+def test_forward_intermediates_keep_the_order_asked_and_refuse_out_of_range(name):
+    model = toy(name).eval() if name.startswith("hiera") else hieralab.create_model(name).eval()
+    x = torch.randn(1, model.in_chans, 64, 64) if name.startswith("hiera") else torch.randn(1, 3, 32, 32)
+    n = len(model.stage_ends) if name.startswith("hiera") else len(model.blocks)
+    every = model.forward_intermediates(x, intermediates_only=True)
+    picked = model.forward_intermediates(x, indices=[n - 1, 1], intermediates_only=True)
+    assert [m.shape for m in picked] == [every[n - 1].shape, every[1].shape]  # in the order asked
+    torch.testing.assert_close(picked[0], every[-1])
+    assert [m.shape for m in model.forward_intermediates(x, indices=[-1], intermediates_only=True)] == \
+        [every[-1].shape]
+    for bad in ([n + 3], [-n - 1], 0, n + 1):
+        with pytest.raises(ValueError, match="indices="):
+            model.forward_intermediates(x, indices=bad)
+
+
+@pytest.mark.parametrize("name", hieralab.list_models())
+def test_the_saved_config_is_the_constructors_own_arguments(name):
+    """config holds exactly the constructor's arguments (an MAE: its own plus the encoder arguments it was given),
+    and rebuilding from it gives the same model."""
+    from hieralab.models import registry
+
+    with torch.device("meta"):
+        model = hieralab.create_model(name)
+        again = registry.build(name, **model.config)
+    params = registry.constructor_parameters(registry.model_class(name))
+    own = [n for n in inspect.signature(type(model).__init__).parameters if n not in ("self", "encoder_args")]
+    assert set(own) <= set(model.config) <= set(params)
+    if not getattr(model, "is_mae", False):
+        assert set(model.config) == set(params)
+    assert again.config == model.config
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}

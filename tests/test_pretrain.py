@@ -1,7 +1,7 @@
 """The pretraining pipeline: config layering, schedule, data, exact resume (also after kill -9 mid-save), NaN stop,
 DDP, reconstructions and the CLI's errors. Tiny models on images the tests draw themselves."""
 
-import csv
+import json
 import os
 import subprocess
 import sys
@@ -13,16 +13,15 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import draw_images
+from conftest import PRESET, draw_images, error_lines, losses, tiny_mae
+from conftest import pretrain_args as args
+from conftest import run_pretrain as run
 from hieralab.cli import main
 from hieralab.config import FinetuneConfig, OptimConfig, PretrainConfig, from_dict, load_config, to_dict
 from hieralab.data.pipeline import EpochSampler
 from hieralab.engine import checkpoints
 from hieralab.engine.schedule import warmup_cosine
-from hieralab.tasks import pretrain
-
-TINY = ["model_args.embed_dim=16", "model_args.num_heads=1", "model_args.stages=[1,1,1]",
-        "model_args.decoder_embed_dim=32", "model_args.decoder_depth=1", "model_args.decoder_num_heads=2"]
+from hieralab.errors import DivergedError, RunFolderError
 
 
 @pytest.fixture(scope="module")
@@ -38,29 +37,13 @@ def clean_images(tmp_path_factory) -> Path:
     return draw_images(tmp_path_factory.mktemp("clean"))
 
 
-def args(out: Path, images: Path, *extra: str) -> list[str]:
-    return [f"data.source={images}", "data.num_workers=0", "optim.batch_size=8", f"out_dir={out}", "log_every=1",
-            "optim.base_lr=1e-2", "optim.warmup_epochs=0.4", "recon_images=2", "epochs=2", *TINY, *extra]
-
-
-PRESET = "mae_hiera_fmnist"  # what the CLI uses by default, so library and CLI runs are the same runs
-
-
-def run(overrides: list[str], resume: bool = False) -> dict:
-    return pretrain.run(load_config(PretrainConfig, PRESET, overrides), resume=resume)
-
-
-def losses(run_dir: Path) -> list[tuple[int, float]]:
-    return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader((run_dir / "log.csv").open())]
-
-
 # ---------------------------------------------------------------- config and schedule
 def test_config_layers_and_round_trips(tmp_path):
     cfg = load_config(PretrainConfig, "mae_hiera_fmnist", ["optim.base_lr=1e-3", "data.crop_scale=[0.5,1]"])
     assert cfg.optim.base_lr == 1e-3 and cfg.data.crop_scale == (0.5, 1.0) and cfg.model == "mae_hiera_mini_32"
     assert from_dict(PretrainConfig, to_dict(cfg)) == cfg
-    for bad, msg in [(["optim.nope=1"], "unknown config key optim.nope"), (["epochs=abc"], "epochs must be float"),
-                     (["novalue"], "not key=value")]:
+    for bad, msg in [(["optim.nope=1"], "unknown config key optim.nope"),
+                     (["epochs=abc"], "epochs=.abc.: must be a number"), (["novalue"], "not key=value")]:
         with pytest.raises(ValueError, match=msg):
             load_config(PretrainConfig, None, bad)
 
@@ -93,11 +76,13 @@ def test_sampler_splits_an_epoch_across_processes_and_resumes_mid_epoch():
 
 
 # ---------------------------------------------------------------- runs
-def test_pretrain_writes_everything_and_skips_corrupt_images(tmp_path, images):
-    summary = run(args(tmp_path / "r", images))
+def test_pretrain_writes_everything_and_skips_corrupt_images(tmp_path, images, caplog):
+    with caplog.at_level("WARNING"):
+        summary = run(args(tmp_path / "r", images))
     r = tmp_path / "r"
     assert summary["steps"] == 10  # 41 files, 40 readable; 41 // 8 = 5 steps per epoch, 2 epochs
-    assert summary["skipped_images"] >= 1  # broken.png, counted every time it is drawn
+    assert summary["skipped_images"] >= 1  # broken.png, counted every time it is drawn ...
+    assert "unreadable, skipped:" in caplog.text and "broken.png" in summary["unreadable"][0]  # ... and named
     steps = losses(r)
     assert [s for s, _ in steps] == list(range(1, 11))
     assert steps[-1][1] < steps[0][1]  # it learns something
@@ -106,9 +91,11 @@ def test_pretrain_writes_everything_and_skips_corrupt_images(tmp_path, images):
         assert (r / f).exists(), f
     assert any((r / "tb").iterdir())
     assert checkpoints.list_steps(r / "checkpoints") == [10]  # keep_last=2 but ckpt_every=200: only the final one
+    # the README's "your images" line on colour images: an RGB model, though the preset is Fashion-MNIST's
+    assert json.loads((r / "encoder" / "config.json").read_text())["config"]["in_chans"] == 3
     resolved = load_config(PretrainConfig, str(r / "config.yaml"), [])
     assert resolved == load_config(PretrainConfig, PRESET, args(r, images))
-    with pytest.raises(ValueError, match="--resume"):  # nothing already written is touched
+    with pytest.raises(RunFolderError, match="--resume"):  # nothing already written is touched
         run(args(r, images))
 
 
@@ -151,7 +138,7 @@ def test_kill_9_during_a_save_loses_nothing(tmp_path, images):
     assert losses(cut) == losses(tmp_path / "full")
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, images, monkeypatch):
+def test_nan_loss_stops_and_names_the_last_good_checkpoint(tmp_path, images, monkeypatch):
     from hieralab.mae import MaskedAutoencoderHiera
 
     calls = {"n": 0}
@@ -163,12 +150,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, images, mon
         return (loss * float("nan"), target) if calls["n"] == 5 else (loss, target)
 
     monkeypatch.setattr(MaskedAutoencoderHiera, "forward_loss", poisoned)
-    with pytest.raises(pretrain.NonFiniteLossError, match="step 4.*last good checkpoint is .*step-0000004"):
+    # step 5's loss (from the weights of checkpoint 4) is NaN: checkpoint 4 is bad, 2 is the last good one
+    with pytest.raises(DivergedError, match="loss is nan at step 5.*last good checkpoint is .*step-0000002"):
         run(args(tmp_path / "r", images, "ckpt_every=2"))
-    ckpt = checkpoints.latest(tmp_path / "r" / "checkpoints")
-    assert ckpt.name == "step-0000004"  # written after 4 good steps; the 5th step's NaN never reached the weights
-    model = pretrain.build_model(load_config(PretrainConfig, PRESET, args(tmp_path, images)))
-    checkpoints.load(ckpt, model)
+    ckpts = tmp_path / "r" / "checkpoints"
+    assert checkpoints.list_steps(ckpts) == [2, 4]  # the 5th step's NaN never reached the weights
+    assert checkpoints.verdict(ckpts / "step-0000004")["healthy"] is False
+    assert checkpoints.verdict(ckpts / "step-0000002")["healthy"] is True
+    model = tiny_mae()
+    checkpoints.load(ckpts / "step-0000004", model)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -211,11 +201,13 @@ def test_cli_pretrain_and_reconstruct(tmp_path, images, capsys):
     (["data.img_size=30"], "does not divide into mask units"),
     (["model=hiera_mini_32"], "not an MAE model"),
     (["model=mae_nope"], "unknown model"),
+    (["model_args.in_chans=1"], "takes 1 input channel (in_chans=1) but"),  # colour photos into a grey model
 ])
 def test_cli_errors_are_one_line(tmp_path, images, capsys, overrides, message):
     (tmp_path / "empty").mkdir()
     overrides = [o.format(empty=tmp_path / "empty") for o in overrides]
     base = [o for o in args(tmp_path / "r", images) if not o.startswith(tuple(x.split("=")[0] for x in overrides))]
     assert main(["pretrain", *base, *overrides]) == 1
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1
+    errors = error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and message in errors[0]
+    assert not (tmp_path / "r").exists()  # a refused run leaves nothing behind

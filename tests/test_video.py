@@ -11,6 +11,8 @@ from PIL import Image
 
 from conftest import MEDIA
 from hieralab.cli import main
+from hieralab.data.images import Unreadable
+from hieralab.tasks.evaluate import eval_folder_name
 from hieralab.data.pipeline import SeededSamples, collate
 from hieralab.data.video import (VideoClips, clip_indices, decode_frames, read_clip, uniform_starts,
                                  video_eval_views, video_frame_count, video_train_transform)
@@ -84,10 +86,12 @@ def test_collections_from_folders_and_lists(tmp_path, clips):
 def test_corrupt_clips_are_skipped_and_counted(clips):
     ds = VideoClips(clips)
     broken = next(i for i, (p, _) in enumerate(ds.items) if p.name == "broken.mp4")
-    assert read_clip(ds.items[broken][0], 8, 2) is None
+    bad = read_clip(ds.items[broken][0], 8, 2)
+    assert isinstance(bad, Unreadable) and bad.path.endswith("broken.mp4") and "InvalidData" in bad.reason
     samples = SeededSamples(ds, video_train_transform(8, 2, 32, (0.5,) * 3, (0.25,) * 3), seed=0)
     batch = collate([samples[(0, i)] for i in range(len(ds))])
     assert batch["skipped"] == 1 and batch["x"].shape == (6, 3, 8, 32, 32)
+    assert batch["unreadable"] == [f"{bad.path} ({bad.reason})"]
     again = collate([samples[(0, i)] for i in range(len(ds))])
     assert torch.equal(batch["x"], again["x"])  # the clip start and crop are drawn from (seed, epoch, index)
 
@@ -157,7 +161,7 @@ def test_cli_video_mae_pretrain_and_reconstruct(tmp_path, clips, capsys):
 
 
 def test_multiview_scores_average_the_views_probabilities():
-    from hieralab.tasks.evaluate import multiview_scores
+    from hieralab.engine.evaluate import multiview_scores
 
     table = torch.tensor([[10.0, 0.0], [0.0, 2.0], [0.0, 2.0]])  # view v of any clip -> these logits
 
@@ -180,7 +184,7 @@ def test_cli_video_finetune_and_multiview_eval(tmp_path, clips, capsys):
     meta = json.loads((run / "best" / "classifier.json").read_text())
     assert meta["num_frames"] == 8 and meta["frame_stride"] == 2
     assert main(["eval", str(run), "--data", str(clips), "--temporal-views", "2", "--spatial-views", "3"]) == 0
-    metrics = json.loads((run / "best" / "eval-test" / "metrics.json").read_text())
+    metrics = json.loads((run / "best" / eval_folder_name(str(clips), "test", (2, 3)) / "metrics.json").read_text())
     assert metrics["views"] == [2, 3] and metrics["count"] == 6  # the broken clip is skipped
     assert "top-1" in capsys.readouterr().out
 

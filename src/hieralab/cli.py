@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import shutil
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
 import torch
 
+from . import __version__, files
 from . import bench as B
+from .config import FinetuneConfig, LinprobeConfig, PretrainConfig, load_config, preset_names
+from .errors import HieralabError
+from .experiments import study
 from .models import create_model, list_models, model_config
-from .models.checkpoint import atomic_write
+from .models.inference import optimize_for_inference
+from .tasks import evaluate, export, extract, finetune, linprobe, pretrain, reconstruct
 
 
 def _official(name: str):
@@ -41,57 +47,53 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    from .config import PretrainConfig, load_config
-    from .tasks import pretrain
+def _run_options(args: argparse.Namespace) -> dict:
+    """The run-folder flags of a training command (see engine/run_folder.py)."""
+    accept = [k.strip() for k in (args.accept_changes or "").split(",") if k.strip()]
+    return {"resume": args.resume, "overwrite": args.overwrite, "accept_changes": accept}
 
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = load_config(PretrainConfig, args.preset, args.overrides)
-    summary = pretrain.run(cfg, resume=args.resume)
+    summary = pretrain.run(cfg, **_run_options(args))
     if "model" in summary:  # the main process
         print(f"\npretrained {cfg.model} for {summary['steps']} steps in {summary['seconds']:.0f} s "
               f"({summary['images_per_s']:.0f} images/s), final loss {summary['final_loss']:.4f}")
-        for key in ("model", "encoder", "loss_curve", "reconstructions"):
+        for key in ("model", "encoder", "curve", "reconstructions"):
             if key in summary:
                 print(f"  {key:16s} {summary[key]}")
     return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from .config import FinetuneConfig, load_config
-    from .tasks import finetune
-
     overrides = list(args.overrides)
     if args.trainable_blocks is not None:
         overrides.append(f"trainable_blocks={args.trainable_blocks}")
     cfg = load_config(FinetuneConfig, args.preset, overrides)
-    summary = finetune.run(cfg, resume=args.resume)
+    summary = finetune.run(cfg, **_run_options(args))
     if "last" in summary:
         print(f"\nfine-tuned {cfg.model} for {summary['steps']} steps in {summary['seconds']:.0f} s: best top-1 "
               f"{summary['best_top1']:.2f} % (step {summary['best_step']}, {summary['best_weights']}), last "
               f"{summary['last_top1']:.2f} %")
-        for key in ("best", "last", "curves"):
+        for key in ("best", "last", "curve"):
             if key in summary:
                 print(f"  {key:8s} {summary[key]}")
     return 0
 
 
 def cmd_linprobe(args: argparse.Namespace) -> int:
-    from .config import LinprobeConfig, load_config
-    from .tasks import linprobe
-
     cfg = load_config(LinprobeConfig, args.preset, args.overrides)
-    summary = linprobe.run(cfg)
-    print(f"\nlinear probe of {cfg.model} ({cfg.init or 'random init'}): best top-1 {summary['best_top1']:.2f} % "
-          f"at lr {summary['best_lr']:g}")
-    for lr, acc in summary["top1_per_lr"].items():
-        print(f"  lr {float(lr):<8g} {acc:.2f} %")
-    print(f"  wrote {cfg.out_dir}/linprobe.json, linprobe.png, head.safetensors")
+    summary = linprobe.run(cfg, **_run_options(args))
+    if "best_top1" in summary:
+        print(f"\nlinear probe of {cfg.model} ({cfg.init or 'random init'}): best top-1 "
+              f"{summary['best_top1']:.2f} % at lr {summary['best_lr']:g}")
+        for lr, acc in summary["top1_per_lr"].items():
+            print(f"  lr {float(lr):<8g} {acc:.2f} %")
+        print(f"  wrote {cfg.out_dir}/linprobe.json, linprobe.png, head.safetensors")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .tasks import evaluate
-
     m = evaluate.run_eval(args.checkpoint, source=args.data, split=args.split, out=args.out,
                           img_size=args.img_size, limit=args.limit, temporal_views=args.temporal_views,
                           spatial_views=args.spatial_views)
@@ -101,16 +103,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .tasks import evaluate
-
     for label, p in evaluate.predict_image(args.checkpoint, args.image, topk=args.topk):
         print(f"{p:7.2%}  {label}")
     return 0
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from .tasks import extract
-
     s = extract.run(model=args.model, init=args.init, source=args.data, split=args.split, out=args.out,
                     img_size=args.img_size, stages=args.stages, knn=args.knn, knn_train=args.knn_train, k=args.k,
                     limit=args.limit, num_frames=args.frames, frame_stride=args.frame_stride)
@@ -121,10 +119,6 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    import shutil
-
-    from .tasks import study
-
     s = study.run(encoder=args.encoder, preset=args.preset, pretrain_epochs=args.pretrain_epochs,
                   finetune_epochs=args.finetune_epochs, trainable_blocks=args.trainable_blocks, seeds=args.seeds,
                   probe_epochs=args.probe_epochs, out_dir=args.out, limit=args.limit, extra=args.overrides)
@@ -142,8 +136,6 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .tasks import export
-
     r = export.run(args.model, args.out, checkpoint=args.checkpoint, batch=args.batch,
                    dynamic_batch=args.dynamic_batch, img_size=args.img_size, frames=args.frames,
                    check=not args.no_check)
@@ -155,8 +147,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .tasks import reconstruct
-
     paths = reconstruct.run(args.path, images=args.images, split=args.split, num=args.num, out=args.out,
                             seed=args.seed, mask_ratio=args.mask_ratio, img_size=args.img_size)
     print(f"wrote {len(paths)} reconstructions (original | masked | reconstruction | visible pasted) and "
@@ -167,8 +157,6 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 def _time_against_official(name: str, shape: tuple[int, ...], rounds: int, *, with_official: bool):
     """Seconds per forward of ours, ours + optimize_for_inference and (if installed) the official model, on the
     same weights and input, interleaved."""
-    from .models.inference import optimize_for_inference
-
     ours = create_model(name).eval()
     official = _official(name) if with_official else None
     if official is not None:
@@ -224,15 +212,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print()
     print(B.markdown_table(header, rows))
     if args.json:
-        path = Path(args.json)
-        text = json.dumps({"batch": args.batch, "matmul_peak_gflops": peak, "rows": records}, indent=2)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        path = files.write_json(Path(args.json), {"batch": args.batch, "matmul_peak_gflops": peak, "rows": records})
         print(f"\nwrote {path}")
     return 0
 
 
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true", help="continue the run in out_dir from its newest good checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="out_dir holds something else or an old run: move it to <out_dir>.replaced-<time> and start "
+                        "a new run there (nothing is deleted)")
+    p.add_argument("--accept-changes", metavar="KEY[,KEY]",
+                   help="with --resume: continue although these keys (or 'all') differ from the run's config.yaml; "
+                        "recorded in run.json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hieralab", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"hieralab {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and third-party INFO logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list registered models")
@@ -250,15 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_bench)
 
-    from .config import preset_names
-
     p = sub.add_parser("pretrain", help="MAE-pretrain a mae_* model on Fashion-MNIST or a folder of images",
                        description="Defaults <- --preset <- key=value overrides; the resolved config is written to "
                                    "<out_dir>/config.yaml. Multi-process: torchrun --nproc_per_node N -m hieralab.cli "
                                    "pretrain ...")
     p.add_argument("--preset", default="mae_hiera_fmnist",
                    help=f"a preset name ({', '.join(preset_names())}) or a .yaml path")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
+    _run_flags(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="e.g. data.source=~/photos optim.batch_size=32 epochs=5 out_dir=runs/mine")
     p.set_defaults(func=cmd_pretrain)
@@ -269,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "FinetuneConfig). Multi-process: torchrun --nproc_per_node N -m hieralab.cli "
                                    "finetune ...")
     p.add_argument("--preset", help=f"a preset name ({', '.join(preset_names())}) or a .yaml path")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
+    _run_flags(p)
     p.add_argument("--trainable-blocks", type=int, help="partial fine-tuning: train only the last k blocks (and "
                                                         "the final norm and head)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -278,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("linprobe", help="linear probes (one per learning rate, one pass) on a frozen encoder")
     p.add_argument("--preset", help="a preset name or a .yaml path")
+    _run_flags(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="e.g. model=hiera_mini_32 init=runs/mae_hiera_fmnist 'lrs=[0.1,1.0]' epochs=30")
     p.set_defaults(func=cmd_linprobe)
@@ -361,17 +358,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (not the stream of the first call: ``main``
+    may run several times in one process, e.g. under pytest's capture)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _setup_logging(debug: bool) -> None:
+    """hieralab's own messages at INFO; other libraries' only from WARNING up (all at INFO with --debug)."""
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, handlers=[handler], force=True)
+    logging.getLogger("hieralab").setLevel(logging.DEBUG if debug else logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    _setup_logging(args.debug)
     if getattr(args, "batch", 1) < 1 or getattr(args, "rounds", 1) < 1:
         print("error: --batch and --rounds must be at least 1", file=sys.stderr)
         return 2
+    prefix = f"hieralab {args.command}: error: "
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+    except KeyboardInterrupt:
+        print(f"\nhieralab {args.command}: interrupted; a training run continues from its newest checkpoint with "
+              "--resume", file=sys.stderr)
+        return 130
+    except (HieralabError, ValueError, FileNotFoundError, KeyError, PermissionError, IsADirectoryError,
+            NotADirectoryError) as e:  # the user's mistake: one line a problem, no traceback
+        if args.debug:
+            traceback.print_exc()
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"hieralab {args.command}: error: {msg}", file=sys.stderr)
+        lines = str(msg).splitlines() or [type(e).__name__]
+        print("\n".join(prefix + line for line in lines), file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug: say so in one line; the traceback with --debug
+        if args.debug:
+            raise
+        print(f"{prefix}{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (unexpected: rerun with "
+              "--debug for the traceback, and report it)", file=sys.stderr)
         return 1
 
 

@@ -1,11 +1,14 @@
 """Run configuration: dataclass schemas, YAML presets and ``key=value`` overrides.
 
-Defaults (the dataclasses) <- a YAML preset (``presets/*.yaml`` by name, or a path) <- ``key=value`` overrides; the
-resolved config is written into the run folder so a run can always be repeated.
+Defaults (the dataclasses) <- a YAML preset (``presets/*.yaml`` by name, or a path) <- ``key=value`` overrides; every
+value is checked before anything is built, and the resolved config is written into the run folder so a run can
+always be repeated.
 """
 
-from .schema import (AugConfig, DataConfig, FinetuneConfig, LinprobeConfig, OptimConfig, PretrainConfig,
-                     apply_overrides, from_dict, load_config, preset_names, to_dict)
+from .schema import (AugConfig, DataConfig, FinetuneConfig, LinprobeConfig, OptimConfig, PretrainConfig, RunConfig,
+                     apply_overrides, check, from_dict, load_config, preset_names, to_dict, trajectory_changes,
+                     validate)
 
-__all__ = ["AugConfig", "DataConfig", "FinetuneConfig", "LinprobeConfig", "OptimConfig", "PretrainConfig", "apply_overrides",
-           "from_dict", "load_config", "preset_names", "to_dict"]
+__all__ = ["AugConfig", "DataConfig", "FinetuneConfig", "LinprobeConfig", "OptimConfig", "PretrainConfig", "RunConfig",
+           "apply_overrides", "check", "from_dict", "load_config", "preset_names", "to_dict", "trajectory_changes",
+           "validate"]

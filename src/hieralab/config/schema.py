@@ -1,66 +1,168 @@
-"""Dataclass schemas of a run and the YAML + ``key=value`` layering on top of them."""
+"""Dataclass schemas of a run and the YAML + ``key=value`` layering on top of them.
+
+Each field carries its own rule (:func:`setting`): what values it allows, and whether changing it alters a run's
+trajectory (the ``--resume`` check). :func:`load_config` checks every value before anything is built and reports
+every problem, one line each, naming the key and what is allowed.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..errors import ConfigError
+
 PRESETS = Path(__file__).parent / "presets"
+Check = Callable[[Any], "str | None"]  # a value -> what is wrong with it, or None
 
 
+# ---------------------------------------------------------------- rules
+def setting(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None, check: Check | None = None,
+            trajectory: bool = True) -> Any:
+    """A config field with its rule. ``trajectory=False`` marks keys that change how a run is watched or stored,
+    not what it computes (``log_every``, ``num_workers``, ...): ``--resume`` accepts changes to those silently."""
+    meta = {"check": check, "trajectory": trajectory}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def at_least(low: float) -> Check:
+    return lambda v: None if _number(v) and math.isfinite(v) and v >= low else f"must be at least {low:g}"
+
+
+def above(low: float) -> Check:
+    return lambda v: None if _number(v) and math.isfinite(v) and v > low else f"must be a finite number above {low:g}"
+
+
+def between(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Check:
+    def check(v: Any) -> str | None:
+        ok = _number(v) and (low < v if low_open else low <= v) and (v < high if high_open else v <= high)
+        return None if ok else f"must be in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    return check
+
+
+def one_of(*choices: Any) -> Check:
+    return lambda v: None if v in choices else "must be one of " + ", ".join(repr(c) for c in choices)
+
+
+def optional(check: Check) -> Check:
+    return lambda v: None if v is None else check(v)
+
+
+def each(check: Check, *, non_empty: bool = True) -> Check:
+    def check_all(v: Any) -> str | None:
+        if non_empty and not v:
+            return "must list at least one value"
+        problems = [p for x in v if (p := check(x))]
+        return f"every value {problems[0]}" if problems else None
+    return check_all
+
+
+def scale_range(v: Any) -> str | None:
+    ok = len(v) == 2 and all(_number(x) for x in v) and 0 < v[0] <= v[1] <= 1
+    return None if ok else "must be [low, high] with 0 < low <= high <= 1 (fractions of the image area)"
+
+
+def device_name(v: Any) -> str | None:
+    ok = isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v)
+    return None if ok else "must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+
+
+def non_empty(v: Any) -> str | None:
+    return None if isinstance(v, str) and v.strip() else "must not be empty"
+
+
+def channel_stats(v: Any) -> str | None:
+    return None if v is None or (len(v) in (1, 3) and all(_number(x) for x in v)) else "must list 1 or 3 numbers"
+
+
+def positive_stats(v: Any) -> str | None:
+    return channel_stats(v) or (None if v is None or all(x > 0 for x in v) else "must be positive")
+
+
+# ---------------------------------------------------------------- sections
 @dataclass
 class DataConfig:
-    source: str = "fashion-mnist"  # "fashion-mnist" (the Debian package) or a folder of images / class subfolders
-    split: str = "train"  # for fashion-mnist: "train" (60,000) or "test" (10,000)
-    img_size: int = 32
-    crop_scale: tuple[float, float] = (0.2, 1.0)  # RandomResizedCrop scale, as MAE
+    source: str = setting("fashion-mnist", check=non_empty)  # "fashion-mnist" (the Debian package), a folder of
+    #                                                          images / class subfolders, or of clips / a clip list
+    split: str = setting("train", check=one_of("train", "test"))  # fashion-mnist: "train" (60,000) / "test" (10,000)
+    img_size: int = setting(32, check=at_least(1))
+    crop_scale: tuple[float, float] = setting((0.2, 1.0), check=scale_range)  # RandomResizedCrop scale, as MAE
     hflip: bool = True
-    mean: tuple[float, ...] | None = None  # None: the dataset's own statistics (ImageNet's for folders)
-    std: tuple[float, ...] | None = None
-    limit: int | None = None  # use only the first N images (quick runs, tests)
-    num_workers: int = 2
-    num_frames: int | None = None  # video: frames per clip (None: the model's, 16 for the Kinetics models)
-    frame_stride: int = 4  # video: take every n-th frame (Kinetics 16 x 4)
-    repeat_aug: int = 1  # video: clips cut from each decoded video (MAE-ST's repeated augmentation, 4 for K400 MAE);
-    #                      a step then holds batch_size x repeat_aug clips, and the lr scales with that
+    mean: tuple[float, ...] | None = setting(None, check=channel_stats)  # None: the dataset's own statistics
+    std: tuple[float, ...] | None = setting(None, check=positive_stats)
+    limit: int | None = setting(None, check=optional(at_least(1)))  # use only the first N images (quick runs)
+    num_workers: int = setting(2, check=at_least(0), trajectory=False)
+    num_frames: int | None = setting(None, check=optional(at_least(1)))  # video: frames per clip (None: the model's)
+    frame_stride: int = setting(4, check=at_least(1))  # video: take every n-th frame (Kinetics 16 x 4)
+    repeat_aug: int = setting(1, check=at_least(1))  # video: clips cut from each decoded video (MAE-ST's repeated
+    #                      augmentation, 4 for K400 MAE); a step then holds batch_size x repeat_aug clips, lr scales
 
 
 @dataclass
 class OptimConfig:
-    batch_size: int = 64  # per process and micro-batch; the effective batch is batch_size * accum_steps * world
-    accum_steps: int = 1
-    base_lr: float = 1.5e-4  # lr = base_lr * effective batch / 256 (MAE's rule)
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_epochs: float = 1.0
-    clip_grad: float | None = None
+    batch_size: int = setting(64, check=at_least(1))  # per process and micro-batch; the effective batch is
+    #                                                   batch_size * accum_steps * world
+    accum_steps: int = setting(1, check=at_least(1))
+    base_lr: float = setting(1.5e-4, check=at_least(0))  # lr = base_lr * effective batch / 256 (MAE's rule)
+    min_lr: float = setting(0.0, check=at_least(0))
+    weight_decay: float = setting(0.05, check=at_least(0))
+    betas: tuple[float, float] = setting((0.9, 0.95), check=each(between(0, 1, high_open=True)))
+    warmup_epochs: float = setting(1.0, check=at_least(0))
+    clip_grad: float | None = setting(None, check=optional(above(0)))
 
 
 @dataclass
-class PretrainConfig:
-    model: str = "mae_hiera_mini_32"
-    model_args: dict[str, Any] = field(default_factory=dict)  # constructor overrides on top of the registered config
-    mask_ratio: float | None = None  # None: the model's default (0.6 images, 0.9 video for Hiera; 0.75 for ViT)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    epochs: float = 1.0
-    max_steps: int | None = None  # stop early (the schedule still spans `epochs`)
-    seed: int = 0
-    out_dir: str = "runs/pretrain"
-    ckpt_every: int = 200  # optimizer steps between checkpoints (and one at the end)
-    keep_last: int = 2
-    log_every: int = 10
-    amp: str = "auto"  # "auto" (bf16 on CUDA, off on CPU), "bf16" or "off"
-    compile: bool = False
-    device: str = "auto"
-    recon_images: int = 8  # reconstructions written at the end of the run (0: none)
+class RunConfig:
+    """What every trainable task shares: where the run lives, how long it is, how it is seeded, saved and logged.
+    A task's config extends it; a task that wants another default re-declares the field with :meth:`default`."""
+
+    out_dir: str = setting("runs/run", check=non_empty, trajectory=False)
+    epochs: float = setting(1.0, check=above(0))
+    max_steps: int | None = setting(None, check=optional(at_least(1)), trajectory=False)  # stop early (the schedule
+    #                                                                                       still spans `epochs`)
+    seed: int = setting(0, check=at_least(0))
+    ckpt_every: int = setting(200, check=at_least(1), trajectory=False)  # steps between checkpoints (and at the end)
+    keep_last: int = setting(2, check=at_least(0), trajectory=False)  # checkpoints kept (0: all)
+    log_every: int = setting(10, check=at_least(1), trajectory=False)
+    amp: str = setting("auto", check=one_of("auto", "bf16", "off"))  # bf16 on CUDA with "auto"; off on CPU
+    compile: bool = setting(False, trajectory=False)
+    device: str = setting("auto", check=device_name, trajectory=False)
+
+    @classmethod
+    def default(cls, name: str, value: Any) -> Any:
+        """Field ``name`` of this class with another default and the same rule."""
+        meta = cls.__dataclass_fields__[name].metadata
+        return setting(value, check=meta["check"], trajectory=meta["trajectory"])
+
+
+RUN_FIELDS = frozenset(f.name for f in dataclasses.fields(RunConfig))
+
+
+@dataclass
+class PretrainConfig(RunConfig):
+    model: str = setting("mae_hiera_mini_32", check=non_empty)
+    model_args: dict[str, Any] = setting(factory=dict)  # constructor overrides on top of the registered config
+    mask_ratio: float | None = setting(None, check=optional(between(0, 1, low_open=True, high_open=True)))  # None:
+    #                          the model's (0.6 images, 0.9 video for Hiera; 0.75 for ViT)
+    data: DataConfig = setting(factory=DataConfig)
+    optim: OptimConfig = setting(factory=OptimConfig)
+    recon_images: int = setting(8, check=at_least(0), trajectory=False)  # reconstructions at the end (0: none)
+    out_dir: str = RunConfig.default("out_dir", "runs/pretrain")
 
 
 @dataclass
@@ -70,12 +172,12 @@ class AugConfig:
     # timm's auto_augment string (None: off). MAE's "rand-m9-mstd0.5-inc1", with the magnitude capped at 9: at 10,
     # timm's increasing posterize asks Pillow (>= 10) for 0 bits, which it now refuses
     randaug: str | None = "rand-m9-mstd0.5-inc1-mmax9"
-    reprob: float = 0.25  # random erasing probability
-    mixup: float = 0.8  # mixup alpha (0: off)
-    cutmix: float = 1.0  # cutmix alpha (0: off)
-    smoothing: float = 0.1  # label smoothing
-    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop scale
-    hflip: float = 0.5
+    reprob: float = setting(0.25, check=between(0, 1))  # random erasing probability
+    mixup: float = setting(0.8, check=at_least(0))  # mixup alpha (0: off)
+    cutmix: float = setting(1.0, check=at_least(0))  # cutmix alpha (0: off)
+    smoothing: float = setting(0.1, check=between(0, 1, high_open=True))  # label smoothing
+    crop_scale: tuple[float, float] = setting((0.08, 1.0), check=scale_range)  # RandomResizedCrop scale
+    hflip: float = setting(0.5, check=between(0, 1))
 
 
 def _finetune_optim() -> OptimConfig:
@@ -83,99 +185,163 @@ def _finetune_optim() -> OptimConfig:
 
 
 @dataclass
-class FinetuneConfig:
-    model: str = "hiera_mini_32"  # an encoder name (hieralab list); the head is sized to the dataset's classes
-    model_args: dict[str, Any] = field(default_factory=dict)
+class FinetuneConfig(RunConfig):
+    model: str = setting("hiera_mini_32", check=non_empty)  # an encoder name (hieralab list); the head is sized to
+    #                                                         the dataset's classes
+    model_args: dict[str, Any] = setting(factory=dict)
     init: str | None = None  # start from: a pretrain run folder (its encoder/), a save_pretrained folder, or an
     #                          official / timm / T2T-ViT checkpoint file; None: from scratch
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = setting(factory=DataConfig)
     val_source: str | None = None  # labelled folder for validation; None: fashion-mnist's test split, or for a
     #                                folder, `val_fraction` of it held out (the same images every run)
-    val_fraction: float = 0.1
-    aug: AugConfig = field(default_factory=AugConfig)
-    optim: OptimConfig = field(default_factory=_finetune_optim)
-    layer_decay: float = 0.75  # layer-wise lr decay (1: off)
-    drop_path: float = 0.1
-    trainable_blocks: int | None = None  # partial fine-tuning: train only the last k blocks, the final norm and head
-    ema_decay: float | None = None  # keep an EMA of the weights (e.g. 0.9999); evaluated and saved beside the model
-    epochs: float = 10.0
-    max_steps: int | None = None
-    eval_every: int | None = None  # steps between evaluations; None: once per epoch (and always at the end)
-    seed: int = 0
-    out_dir: str = "runs/finetune"
-    ckpt_every: int = 500
-    keep_last: int = 2
-    log_every: int = 10
-    amp: str = "auto"
-    compile: bool = False
-    device: str = "auto"
+    val_fraction: float = setting(0.1, check=between(0, 1, low_open=True, high_open=True))
+    aug: AugConfig = setting(factory=AugConfig)
+    optim: OptimConfig = setting(factory=_finetune_optim)
+    layer_decay: float = setting(0.75, check=between(0, 1, low_open=True))  # layer-wise lr decay (1: off)
+    drop_path: float = setting(0.1, check=between(0, 1, high_open=True))
+    trainable_blocks: int | None = setting(None, check=optional(at_least(0)))  # partial fine-tuning: the last k
+    #                                                         blocks, the final norm and the head train
+    ema_decay: float | None = setting(None, check=optional(between(0, 1, low_open=True, high_open=True)))  # an EMA of
+    #                                                         the weights (e.g. 0.9999), evaluated and saved beside
+    eval_every: int | None = setting(None, check=optional(at_least(1)), trajectory=False)  # steps between
+    #                                                         evaluations; None: once per epoch (and at the end)
+    out_dir: str = RunConfig.default("out_dir", "runs/finetune")
+    epochs: float = RunConfig.default("epochs", 10.0)
+    ckpt_every: int = RunConfig.default("ckpt_every", 500)
 
 
 @dataclass
-class LinprobeConfig:
-    model: str = "hiera_mini_32"  # the encoder
-    model_args: dict[str, Any] = field(default_factory=dict)
+class LinprobeConfig(RunConfig):
+    model: str = setting("hiera_mini_32", check=non_empty)  # the encoder, or "pixels" (a probe on raw pixels)
+    model_args: dict[str, Any] = setting(factory=dict)
     init: str | None = None  # its weights (as finetune's init); None: random init, the baseline
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = setting(factory=DataConfig)
     val_source: str | None = None
-    val_fraction: float = 0.1
-    lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # SGD lrs at batch 256; one head each, one pass
-    epochs: int = 30
-    batch_size: int = 256
-    weight_decay: float = 0.0
-    seed: int = 0
-    out_dir: str = "runs/linprobe"
-    device: str = "auto"
+    val_fraction: float = setting(0.1, check=between(0, 1, low_open=True, high_open=True))
+    lrs: tuple[float, ...] = setting((0.01, 0.03, 0.1, 0.3, 1.0, 3.0), check=each(above(0)))  # SGD lrs at batch 256,
+    #                                                                              one head each, trained together
+    batch_size: int = setting(256, check=at_least(1))
+    weight_decay: float = setting(0.0, check=at_least(0))
+    out_dir: str = RunConfig.default("out_dir", "runs/linprobe")
+    epochs: float = RunConfig.default("epochs", 30.0)
 
 
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    """Coerce a YAML value to the annotated type, with an error that names the key."""
+# ---------------------------------------------------------------- checking
+def validate(cfg: Any, prefix: str = "") -> list[str]:
+    """Every rule of every field of ``cfg`` (a dataclass, recursively): one line per problem."""
+    problems = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            problems += validate(value, f"{prefix}{f.name}.")
+        elif (check := f.metadata.get("check")) is not None and (msg := check(value)) is not None:
+            shown = list(value) if isinstance(value, tuple) else value
+            problems.append(f"{prefix}{f.name}={shown!r}: {msg}")
+    return problems
+
+
+def check(cfg: Any) -> Any:
+    """``cfg``, or a :class:`ConfigError` listing every problem."""
+    problems = validate(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def trajectory_changes(old: dict[str, Any], new: dict[str, Any], cls: type) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (old, new)}`` for the keys that differ between two resolved configs (:func:`to_dict` of
+    ``cls``) and alter what the run computes (see :func:`setting`)."""
+    a, b = flatten(old), flatten(new)
+    quiet = {k for k in set(a) | set(b) if not _alters_trajectory(cls, k.split("."))}
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if k not in quiet and a.get(k) != b.get(k)}
+
+
+def _alters_trajectory(cls: Any, path: list[str]) -> bool:
+    for i, name in enumerate(path):
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        if name not in fields:
+            return True  # a model_args key, or a key this version no longer has: it may matter
+        if not fields[name].metadata.get("trajectory", True):
+            return False
+        cls = typing.get_type_hints(cls)[name]
+    return True
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# ---------------------------------------------------------------- building
+def _convert(tp: Any, value: Any, where: str, problems: list[str]) -> Any:
+    """Coerce a YAML value to the annotated type; a problem naming the key otherwise (the value is kept)."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ValueError(f"{where} must be a mapping, got {value!r}")
-        return from_dict(tp, value, where + ".")
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            problems.append(f"{where}={value!r}: must be a mapping of {tp.__name__} keys")
+            return tp()
+        return _from_dict(tp, value, where + ".", None, problems)
+    if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        return _convert(next(a for a in args if a is not type(None)), value, where)
+        return _convert(next(a for a in args if a is not type(None)), value, where, problems)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where} must be a list, got {value!r}")
+            problems.append(f"{where}={value!r}: must be a list, e.g. [0.2, 1.0]")
+            return value
         inner = typing.get_args(tp)[0]
-        return tuple(_convert(inner, v, where) for v in value)
+        return tuple(_convert(inner, v, where, problems) for v in value)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{where} must be a mapping, got {value!r}")
+            problems.append(f"{where}={value!r}: must be a mapping")
+            return {}
         return dict(value)
     if tp is float and not isinstance(value, bool):
-        try:  # also "1e-3", which YAML 1.1 reads as a string
+        try:  # also "1e-3", which YAML 1.1 reads as a string, and "inf" / "nan" (then refused by the field's rule)
             return float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{where} must be float, got {value!r}") from None
-    if tp in (int, str, bool) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ValueError(f"{where} must be {tp.__name__}, got {value!r}")
+            problems.append(f"{where}={value!r}: must be a number")
+            return value
+    if tp in (int, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
+        if tp is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+        problems.append(f"{where}={value!r}: must be {'a whole number' if tp is int else tp.__name__}")
     return value
 
 
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) -> Any:
-    """Build dataclass ``cls`` from a nested dict, over ``base`` (an instance) when given; unknown keys are an error
-    that lists the known ones. A section given in part keeps the rest of its field's own default, e.g.
-    ``optim.batch_size=128`` leaves the fine-tuning optimiser's lr at its fine-tuning default, not OptimConfig's."""
+def _from_dict(cls: type, data: dict[str, Any], prefix: str, base: Any, problems: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown config key {prefix}{unknown[0]}; known: {', '.join(sorted(fields))}")
+    for k in sorted(set(data) - set(fields)):
+        problems.append(f"unknown config key {prefix}{k}; known: {', '.join(sorted(fields))}")
     values = {}
     for k, v in data.items():
+        if k not in fields:
+            continue
         if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict):
             default = getattr(base, k) if base is not None else _field_default(fields[k])
-            values[k] = from_dict(hints[k], v, prefix + k + ".", default)
+            values[k] = _from_dict(hints[k], v, prefix + k + ".", default, problems)
         else:
-            values[k] = _convert(hints[k], v, prefix + k)
+            values[k] = _convert(hints[k], v, prefix + k, problems)
     return dataclasses.replace(base, **values) if base is not None else cls(**values)
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) -> Any:
+    """Build dataclass ``cls`` from a nested dict, over ``base`` (an instance) when given; unknown keys and values
+    of the wrong type are a :class:`ConfigError` listing every one. A section given in part keeps the rest of its
+    field's own default, e.g. ``optim.batch_size=128`` leaves fine-tuning's lr at fine-tuning's default."""
+    problems: list[str] = []
+    cfg = _from_dict(cls, data, prefix, base, problems)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
 
 
 def _field_default(f: dataclasses.Field) -> Any:
@@ -184,15 +350,22 @@ def _field_default(f: dataclasses.Field) -> Any:
     return None if f.default is dataclasses.MISSING else f.default
 
 
+def plain(value: Any) -> Any:
+    """Data as YAML / JSON writes it back: tuples become lists, at any depth."""
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """A dataclass as plain YAML-able data (tuples become lists)."""
-    def plain(v: Any) -> Any:
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-    return plain(dataclasses.asdict(cfg))
+    """A dataclass as plain YAML-able data (tuples become lists); a task's own keys before the shared run keys."""
+    data = plain(dataclasses.asdict(cfg))
+    if isinstance(cfg, RunConfig):
+        data = {**{k: v for k, v in data.items() if k not in RUN_FIELDS},
+                **{k: v for k, v in data.items() if k in RUN_FIELDS}}
+    return data
 
 
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -202,7 +375,10 @@ def _parse_value(raw: str) -> Any:
     """A ``key=value`` value as YAML, except that ``1e-6`` is a float (YAML 1.1 reads it as a string)."""
     if raw == "":
         return None
-    value = yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw  # e.g. an unbalanced bracket: kept as text, the field's type check names it
     return float(value) if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value) else value
 
 
@@ -212,13 +388,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"override {item!r} is not key=value (e.g. optim.base_lr=1e-3)")
+            raise ConfigError([f"override {item!r} is not key=value (e.g. optim.base_lr=1e-3)"])
         node = data
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {p} is not a section")
+                raise ConfigError([f"override {item!r}: {p} is not a section"])
         node[leaf] = _parse_value(raw)
     return data
 
@@ -227,12 +403,28 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS.glob("*.yaml"))
 
 
-def load_config(cls: type, preset: str | None, overrides: list[str]) -> Any:
-    """Defaults <- preset (a name from :func:`preset_names` or a YAML path) <- overrides."""
-    data: dict[str, Any] = {}
-    if preset:
-        path = Path(preset) if preset.endswith((".yaml", ".yml")) else PRESETS / f"{preset}.yaml"
-        if not path.exists():
-            raise ValueError(f"no preset {preset!r}: use one of {', '.join(preset_names())} or a .yaml path")
+def read_preset(preset: str) -> dict[str, Any]:
+    """A preset (a name from :func:`preset_names` or a YAML path) as a dict."""
+    path = Path(preset).expanduser() if preset.endswith((".yaml", ".yml")) else PRESETS / f"{preset}.yaml"
+    if not path.exists():
+        raise ConfigError([f"no preset {preset!r}: use one of {', '.join(preset_names())} or a .yaml path"])
+    try:
         data = yaml.safe_load(path.read_text()) or {}
-    return from_dict(cls, apply_overrides(data, overrides))
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{path} is not valid YAML ({str(e).splitlines()[0]})"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path} must hold a mapping of config keys"])
+    return data
+
+
+def load_config(cls: type, preset: str | None, overrides: list[str]) -> Any:
+    """Defaults <- preset <- overrides, every value checked: a :class:`ConfigError` lists every problem (unknown
+    keys, wrong types, values out of range), one line each."""
+    data = apply_overrides(read_preset(preset) if preset else {}, overrides)
+    problems: list[str] = []
+    cfg = _from_dict(cls, data, "", None, problems)
+    named = {re.split(r"[=:;]", p, maxsplit=1)[0].removeprefix("unknown config key ") for p in problems}
+    problems += [p for p in validate(cfg) if p.split("=", 1)[0] not in named]
+    if problems:
+        raise ConfigError(problems)
+    return cfg

@@ -1,7 +1,12 @@
 """A folder of images: class subfolders (torchvision ``ImageFolder`` layout) or a flat folder (label -1).
 
-Unreadable or corrupt files do not stop a run: the sample comes back as ``None`` and the collate function drops and
-counts it (see ``data/pipeline.py``), so the training log reports how many were skipped.
+Images are read at their true range: 16-bit files (``I;16``, ``I``) are scaled from 0..65535 and float images
+(``F``, e.g. float TIFFs) from 0..1 (or their own min..max, with a warning, when they lie outside it), instead of
+being clipped to 255 or truncated to 0 by PIL's ``convert``. Grey images stay 1-channel (``L``), everything else
+becomes RGB; the transforms then give the model the channels it takes.
+
+Unreadable or corrupt files do not stop a run: the sample comes back as :class:`Unreadable` (path and reason) and
+the collate function drops it, counts it and names it (see ``data/pipeline.py``).
 """
 
 from __future__ import annotations
@@ -9,12 +14,55 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 log = logging.getLogger(__name__)
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+_warned_range: set[str] = set()
+
+
+class Unreadable(NamedTuple):
+    """A sample that could not be read: skipped, counted and named by the collate function."""
+
+    path: str
+    reason: str
+
+    @classmethod
+    def of(cls, path: str | os.PathLike, error: BaseException) -> Unreadable:
+        """From the exception reading ``path`` raised (its message without the path, which is named already)."""
+        text = (str(error).splitlines() or [""])[0].replace(f"'{path}'", "").replace(str(path), "").strip(" :")
+        return cls(str(path), f"{type(error).__name__}{': ' + text if text else ''}")
+
+
+def to_8bit(img: Image.Image, name: str = "image") -> Image.Image:
+    """An ``L`` (grey) or ``RGB`` image with the content of ``img`` scaled from its true range."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            low, high = 0.0, 1.0
+        else:
+            low, high = 0.0, 255.0 if img.mode == "I" and a.max(initial=0) <= 255 else 65535.0
+        if a.size and (a.min() < low or a.max() > high):
+            if img.mode not in _warned_range:
+                _warned_range.add(img.mode)
+                log.warning("%s: %s pixel values lie outside %g..%g; scaling each such image by its own range",
+                            name, img.mode, low, high)
+            low, high = float(a.min()), float(a.max())
+        scaled = (a - low) / max(high - low, 1e-12) * 255.0
+        return Image.fromarray(np.clip(np.round(scaled), 0, 255).astype(np.uint8), mode="L")
+    return img.convert("L" if img.mode in GREY_MODES else "RGB")
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Read an image file as :func:`to_8bit` makes it (raises what PIL raises for unreadable files)."""
+    with Image.open(path) as img:
+        img.load()
+        return to_8bit(img, str(path))
 
 
 def _is_image(p: Path) -> bool:
@@ -22,13 +70,15 @@ def _is_image(p: Path) -> bool:
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """``(RGB PIL image or None, label)``; labels index ``classes`` (sorted subfolder names), -1 in a flat folder."""
+    """``(PIL image (L or RGB) or Unreadable, label)``; labels index ``classes`` (sorted subfolder names), -1 in a
+    flat folder."""
 
     def __init__(self, root: str | os.PathLike):
         root = Path(root).expanduser()
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {root} does not exist; set data.source to a folder of images")
         subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        self.root = root
         self.samples: list[tuple[Path, int]] = []
         self.classes: list[str] = []
         if subdirs:  # ImageFolder layout
@@ -43,11 +93,21 @@ class ImageFiles(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[Image.Image | None, int]:
+    def __getitem__(self, i: int) -> tuple[Image.Image | Unreadable, int]:
         path, label = self.samples[i]
         try:
-            with Image.open(path) as img:
-                return img.convert("RGB"), label
+            return load_image(path), label
         except Exception as e:  # truncated, corrupt or not an image: skipped by the collate function
-            log.debug("skipping unreadable image %s (%s)", path, e)
-            return None, label
+            return Unreadable.of(path, e), label
+
+    def channels(self, probe: int = 32) -> int:
+        """1 when the images are grey, else 3, from the headers of up to ``probe`` files spread over the folder."""
+        step = max(1, len(self.samples) // probe)
+        modes = set()
+        for path, _ in self.samples[::step][:probe]:
+            try:
+                with Image.open(path) as img:
+                    modes.add(img.mode)
+            except Exception:
+                continue
+        return 1 if modes and modes <= set(GREY_MODES) else 3

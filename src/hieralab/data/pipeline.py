@@ -1,25 +1,26 @@
 """From a data config to batches, reproducibly.
 
-Every random choice for a sample (its augmentation, its MAE mask) is drawn from a generator seeded by
-``(run seed, epoch, sample index)``, and the sampler's order by ``(run seed, epoch)``. So a batch depends only on the
-step it belongs to: not on the number of workers, not on the number of processes, and not on whether the run was
-resumed. That is what makes a resumed run reproduce the uninterrupted one exactly.
+Every random choice for a sample (its crop, its flip, its clip start, its MAE mask) is drawn from its own named
+stream seeded by ``(run seed, epoch, sample index)`` (``data/streams.py``, ``seeds.py``), and the sampler's order
+by ``(run seed, epoch)``. So a batch depends only on the step it belongs to: not on the number of workers, not on
+the number of processes, and not on whether the run was resumed. That is what makes a resumed run reproduce the
+uninterrupted one exactly.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
-from ..mae.masking import random_visible, seeded_generator
+from .. import seeds
+from ..errors import DataError
+from ..mae.masking import random_visible
 from . import fashion_mnist
-from .images import ImageFiles
+from .images import ImageFiles, Unreadable
+from .streams import sample_key
 from .video import VideoClips
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,8 @@ def build_dataset(source: str, split: str = "train", limit: int | None = None, *
     or with ``video`` a folder / list of clips (items ``(path, label)``); ``limit`` keeps the first N."""
     if video:
         if source == "fashion-mnist":
-            raise ValueError("a video model needs video data: set data.source to a folder of clips (class subfolders) "
-                             "or a .csv / .json list of (path, label)")
+            raise DataError("a video model needs video data: set data.source to a folder of clips (class subfolders) "
+                            "or a .csv / .json list of (path, label)")
         ds, mean, std = VideoClips(source), IMAGENET_MEAN, IMAGENET_STD
     elif source == "fashion-mnist":
         ds, mean, std = fashion_mnist.FashionMNIST(split), fashion_mnist.MEAN, fashion_mnist.STD
@@ -44,6 +45,34 @@ def build_dataset(source: str, split: str = "train", limit: int | None = None, *
     return ds, mean, std, classes
 
 
+def data_channels(dataset) -> int:
+    """The channels the data has: 1 for Fashion-MNIST and folders of grey images, 3 for colour images and video."""
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    if isinstance(dataset, fashion_mnist.FashionMNIST):
+        return 1
+    if isinstance(dataset, ImageFiles):
+        return dataset.channels()
+    return 3
+
+
+def model_channels(requested: int | None, data: int, source: str) -> int:
+    """The input channels of a model for data with ``data`` channels: the data's own unless ``requested`` (from
+    ``model_args.in_chans`` or a checkpoint) says otherwise. Grey data into an RGB model is repeated over the
+    channels (as ImageNet models take grey images); colour data into a grey model is an error, not a silent
+    conversion to grey."""
+    if requested is None:
+        return data
+    if requested == 1 and data == 3:
+        raise DataError(f"the model takes 1 input channel (in_chans=1) but {source} holds colour images; remove "
+                        "model_args.in_chans (the model then follows the data) or set it to 3")
+    if requested not in (1, 3):
+        raise DataError(f"in_chans={requested}: images give 1 (grey) or 3 (RGB) channels")
+    if requested == 3 and data == 1:
+        log.info("%s is grey; its images are repeated over the model's 3 input channels", source)
+    return requested
+
+
 def labelled_splits(data, val_source: str | None = None, val_fraction: float = 0.1, *, video: bool = False):
     """``(train, val, classes, mean, std)`` for supervised work on a :class:`~hieralab.config.DataConfig`'s source:
     Fashion-MNIST's train / test splits, a folder (or clip list) with a separate ``val_source``, or with a fixed
@@ -52,24 +81,27 @@ def labelled_splits(data, val_source: str | None = None, val_fraction: float = 0
     if val_source:
         val, _, _, val_classes = build_dataset(val_source, data.split, None, video=video)
         if val_classes != classes:
-            raise ValueError(f"val_source {val_source} has classes {val_classes[:4]}..., the training data "
-                             f"{classes[:4]}...; use the same class folders")
+            raise DataError(f"val_source {val_source} has classes {val_classes[:4]}..., the training data "
+                            f"{classes[:4]}...; use the same class folders")
     elif data.source == "fashion-mnist":
         val, _, _, _ = build_dataset("fashion-mnist", "test", data.limit)
     else:
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(1234)).tolist()
+        order = torch.randperm(len(train), generator=seeds.generator(0, "split")).tolist()
         n_val = max(1, int(len(train) * val_fraction))
+        if n_val >= len(train):
+            raise DataError(f"{data.source} has {len(train)} items: too few to hold out val_fraction={val_fraction}; "
+                            "add data or give val_source")
         train, val = torch.utils.data.Subset(train, order[n_val:]), torch.utils.data.Subset(train, order[:n_val])
     if len(classes) < 2:
-        raise ValueError(f"{data.source} has {len(classes)} class(es); supervised training needs labelled class "
-                         "subfolders (ImageFolder layout)")
+        raise DataError(f"{data.source} has {len(classes)} class(es); supervised training needs labelled class "
+                        "subfolders (ImageFolder layout)")
     return train, val, classes, data.mean or mean, data.std or std
 
 
 class SeededSamples(torch.utils.data.Dataset):
-    """Wraps a ``(PIL image | None, label)`` (or ``(clip path, label)``) dataset: indexed by ``(epoch, i)`` (see
-    :class:`EpochSampler`), returns ``{"x", "label"[, "visible"]}`` with the transform and the mask drawn from a
-    ``(seed, epoch, i)`` generator, or ``None`` for an unreadable image or clip."""
+    """Wraps a ``(PIL image | Unreadable, label)`` (or ``(clip path, label)``) dataset: indexed by ``(epoch, i)``
+    (see :class:`EpochSampler`), returns ``{"x", "label"[, "visible"]}`` with the transform's draws and the mask
+    from the sample's own streams, or :class:`Unreadable` for a file that cannot be read."""
 
     def __init__(self, dataset, transform: Callable, *, seed: int, num_units: int | None = None,
                  mask_ratio: float = 0.0, repeats: int = 1):
@@ -79,37 +111,38 @@ class SeededSamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any] | None:
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any] | list[dict[str, Any]] | Unreadable:
         epoch, i = key
         image, label = self.dataset[i]
-        if image is None:
-            return None
-        # transforms v2 draw from the global CPU generator, timm's (RandAugment, random erasing) also from Python's
-        # `random` and numpy's: seed all three for this sample and put them back afterwards (seeding the torch
-        # generator itself is ~250x cheaper than torch.manual_seed + fork_rng, which touch CUDA state)
-        g = torch.default_generator
-        saved, saved_py, saved_np = g.get_state(), random.getstate(), np.random.get_state()
-        g.manual_seed(hash((self.seed, epoch, i, 0)) & 0x7FFF_FFFF_FFFF_FFFF)
-        random.seed(hash((self.seed, epoch, i, 2)))
-        np.random.seed(hash((self.seed, epoch, i, 3)) & 0xFFFF_FFFF)
-        try:
+        if isinstance(image, Unreadable):
+            return image
+        with sample_key(self.seed, epoch, i):
             x = self.transform(image)
-        finally:
-            g.set_state(saved)
-            random.setstate(saved_py)
-            np.random.set_state(saved_np)
-        if x is None:  # a clip that could not be decoded
-            return None
+        if isinstance(x, Unreadable):  # a clip that could not be decoded
+            return x
         if self.repeats > 1:  # repeated augmentation: the transform made [R, ...] views, each its own sample
-            return [self._sample(view, label, epoch, i, r) for r, view in enumerate(x)]
+            return [self._sample(v, label, epoch, i, r) for r, v in enumerate(x)]
         return self._sample(x, label, epoch, i)
 
     def _sample(self, x: torch.Tensor, label: int, epoch: int, i: int, repeat: int = 0) -> dict[str, Any]:
         sample = {"x": x, "label": label}
         if self.num_units:
-            g = seeded_generator(self.seed, epoch, i, 1, *((repeat,) if repeat else ()))
+            g = seeds.generator(self.seed, "mask", epoch, i, repeat)
             sample["visible"] = random_visible(1, self.num_units, self.mask_ratio, generator=g)[0]  # [#MU]
         return sample
+
+
+def first_readable(samples: torch.utils.data.Dataset, epoch: int = 0) -> int:
+    """The index of the first sample of ``samples`` (a :class:`SeededSamples`) that can be read; a
+    :class:`DataError` naming the first unreadable files when none can: nothing trains on no data."""
+    problems: list[Unreadable] = []
+    for i in range(len(samples)):
+        item = samples[(epoch, i)]
+        if not isinstance(item, Unreadable):
+            return i
+        problems.append(item)
+    shown = "; ".join(f"{u.path} ({u.reason})" for u in problems[:3])
+    raise DataError(f"none of the {len(problems)} files of the data can be read (e.g. {shown}); nothing to train on")
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -123,7 +156,7 @@ class EpochSampler(torch.utils.data.Sampler):
         self.per_rank = n // world
 
     def indices(self) -> list[int]:
-        order = (torch.randperm(self.n, generator=seeded_generator(self.seed, self.epoch)) if self.shuffle
+        order = (torch.randperm(self.n, generator=seeds.generator(self.seed, "order", self.epoch)) if self.shuffle
                  else torch.arange(self.n))
         return order[: self.per_rank * self.world][self.rank:: self.world].tolist()[self.start:]
 
@@ -134,11 +167,15 @@ class EpochSampler(torch.utils.data.Sampler):
         return max(0, self.per_rank - self.start)
 
 
-def collate(samples: Sequence[dict[str, Any] | list[dict[str, Any]] | None]) -> dict[str, Any]:
-    """Stack samples, dropping unreadable ones; ``batch["skipped"]`` counts them (the batch may then be smaller).
-    A list (one file's repeated-augmentation views) contributes each of its samples."""
-    good = [s for item in samples if item is not None for s in (item if isinstance(item, list) else [item])]
-    batch: dict[str, Any] = {"skipped": sum(item is None for item in samples), "size": len(good)}
+def collate(samples: Sequence[dict[str, Any] | list[dict[str, Any]] | Unreadable | None]) -> dict[str, Any]:
+    """Stack samples, dropping unreadable ones: ``batch["skipped"]`` counts them and ``batch["unreadable"]`` names
+    them (``"path (reason)"``); the batch may then be smaller. A list (one file's repeated-augmentation views)
+    contributes each of its samples."""
+    bad = [s for s in samples if s is None or isinstance(s, Unreadable)]
+    good = [s for item in samples if item is not None and not isinstance(item, Unreadable)
+            for s in (item if isinstance(item, list) else [item])]
+    batch: dict[str, Any] = {"skipped": len(bad), "size": len(good),
+                             "unreadable": [f"{u.path} ({u.reason})" for u in bad if u is not None]}
     if good:
         for key in good[0]:
             batch[key] = torch.stack([torch.as_tensor(s[key]) for s in good])
@@ -147,21 +184,7 @@ def collate(samples: Sequence[dict[str, Any] | list[dict[str, Any]] | None]) -> 
 
 def check_repeat_aug(data, video: bool) -> int:
     """``data.repeat_aug``, checked: a video option (several clips from one decoding pass)."""
-    if data.repeat_aug < 1:
-        raise ValueError(f"data.repeat_aug={data.repeat_aug}: it counts clips per decoded video, use 1 or more")
     if data.repeat_aug > 1 and not video:
-        raise ValueError("data.repeat_aug is a video option (clips cut from one decoded video); set it to 1 for images")
+        raise DataError("data.repeat_aug is a video option (clips cut from one decoded video); set it to 1 for images")
     return data.repeat_aug
 
-
-def steps_per_epoch(n: int, batch_size: int, accum_steps: int, world: int) -> int:
-    """Optimizer steps in one epoch (full micro-batches only)."""
-    micro = (n // world) // batch_size
-    if micro < accum_steps:
-        raise ValueError(f"{n} images make {micro} batches of {batch_size} per process, fewer than accum_steps="
-                         f"{accum_steps}; lower optim.batch_size or add data")
-    return micro // accum_steps
-
-
-def total_steps(epochs: float, per_epoch: int) -> int:
-    return max(1, math.ceil(epochs * per_epoch))

@@ -1,4 +1,6 @@
-"""Image transforms (torchvision transforms v2)."""
+"""Image transforms (torchvision transforms v2; timm's recipe for fine-tuning). Random steps draw from the sample's
+named streams (``Seeded``, see ``data/streams.py``): crops from "crop", flips from "flip", timm's pipeline from
+"augment"."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torchvision.transforms import v2
 
+from .streams import Seeded
+
 
 def mae_train_transform(img_size: int, mean: Sequence[float], std: Sequence[float], *,
                         scale: Sequence[float] = (0.2, 1.0), hflip: bool = True, channels: int = 3) -> v2.Compose:
@@ -14,11 +18,17 @@ def mae_train_transform(img_size: int, mean: Sequence[float], std: Sequence[floa
     return v2.Compose([
         v2.ToImage(),
         v2.Grayscale(channels) if channels != 3 else v2.RGB(),
-        v2.RandomResizedCrop(img_size, scale=tuple(scale), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        *([v2.RandomHorizontalFlip()] if hflip else []),
+        *random_crop_flip(img_size, scale, hflip),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(list(mean)[:channels], list(std)[:channels]),
     ])
+
+
+def random_crop_flip(img_size: int, scale: Sequence[float], hflip: bool) -> list[Callable]:
+    """MAE's RandomResizedCrop (bicubic) and horizontal flip, each on its own stream."""
+    crop = v2.RandomResizedCrop(img_size, scale=tuple(scale), interpolation=v2.InterpolationMode.BICUBIC,
+                                antialias=True)
+    return [Seeded("crop", crop), *([Seeded("flip", v2.RandomHorizontalFlip())] if hflip else [])]
 
 
 def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], *, channels: int = 3,
@@ -45,10 +55,10 @@ def finetune_transform(img_size: int, mean: Sequence[float], std: Sequence[float
     timm_tf = create_transform(img_size, is_training=True, scale=tuple(scale), hflip=hflip, auto_augment=randaug,
                                interpolation="bicubic", re_prob=reprob, re_mode="pixel", re_count=1,
                                mean=mean3, std=std3)
-    to_rgb = v2.RGB()
+    to_rgb, augment = v2.RGB(), Seeded("augment", timm_tf)
 
     def transform(image) -> torch.Tensor:
-        x = timm_tf(to_rgb(image))  # [3, H, W]
+        x = augment(to_rgb(image))  # [3, H, W]
         return x.mean(0, keepdim=True) if channels == 1 else x
 
     return transform

@@ -6,7 +6,8 @@ takes ``num_clips`` spans at evenly spaced starts (the "3 x 5 views" protocol: 3
 logits averaged). A video shorter than the span is looped (indices wrap around), never an error.
 
 A collection is a folder of class subfolders of clips, or a CSV / JSON list of ``(path, label)``. An unreadable or
-empty clip comes back as ``None`` and is counted by the collate function, as unreadable images are.
+empty clip comes back as :class:`~hieralab.data.images.Unreadable` and is counted and named by the collate
+function, as unreadable images are. Random draws (clip start, crop, flip) come from the sample's named streams.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from torchvision.transforms import v2
+
+from ..errors import DataError
+from . import streams
+from .images import Unreadable
+from .transforms import random_crop_flip
 
 log = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
@@ -115,12 +122,7 @@ class VideoClips(torch.utils.data.Dataset):
         return items + [(p, -1) for p in clips(root)]
 
     def _from_list(self, path: Path) -> list[tuple[Path, int]]:
-        if path.suffix.lower() == ".json":
-            rows = [(r["path"], r["label"]) if isinstance(r, dict) else tuple(r) for r in json.loads(path.read_text())]
-        else:
-            rows = [tuple(r[:2]) for r in csv.reader(path.open()) if r and not r[0].startswith("#")]
-            if rows and rows[0][0].strip().lower() == "path":
-                rows = rows[1:]
+        rows = self._read_rows(path)
         labels = [str(label).strip() for _, label in rows]
         if all(label.lstrip("-").isdigit() for label in labels):
             ids = [int(label) for label in labels]
@@ -128,7 +130,36 @@ class VideoClips(torch.utils.data.Dataset):
         else:
             self.classes = sorted(set(labels))
             ids = [self.classes.index(label) for label in labels]
-        return [((path.parent / p.strip()), i) for (p, _), i in zip(rows, ids)]
+        return [((path.parent / str(p).strip()), i) for (p, _), i in zip(rows, ids)]
+
+    @staticmethod
+    def _read_rows(path: Path) -> list[tuple[str, object]]:
+        """``(path, label)`` rows of a CSV (``path,label``, an optional header, ``#`` comments) or JSON list; a
+        one-line error naming the first row that has no label."""
+        if path.suffix.lower() == ".json":
+            try:
+                items = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path} is not valid JSON ({e})") from None
+            if not isinstance(items, list):
+                raise DataError(f"{path} must hold a list of [path, label] or {{\"path\", \"label\"}} items")
+            rows = []
+            for n, r in enumerate(items):
+                if isinstance(r, dict) and "path" in r and "label" in r:
+                    rows.append((r["path"], r["label"]))
+                elif isinstance(r, (list, tuple)) and len(r) >= 2:
+                    rows.append((r[0], r[1]))
+                else:
+                    raise DataError(f"{path} item {n}: {r!r} is not [path, label] or {{\"path\", \"label\"}}")
+            return rows
+        with path.open(newline="") as f:
+            lines = [(n, r) for n, r in enumerate(csv.reader(f), 1) if r and not r[0].startswith("#")]
+        if lines and lines[0][1][0].strip().lower() == "path":
+            lines = lines[1:]
+        for n, r in lines:
+            if len(r) < 2 or not r[1].strip():
+                raise DataError(f"{path} line {n}: {','.join(r)!r} has no label column; each row must be path,label")
+        return [(r[0], r[1]) for _, r in lines]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -139,8 +170,9 @@ class VideoClips(torch.utils.data.Dataset):
 
 def read_clips(path: Path, num_frames: int, stride: int, *, count: int = 1,
                starts: Callable[[int], Sequence[int]] | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor | None:
-    """Clips ``uint8 [n, T, H, W, 3]`` from one decoding pass, or ``None`` (logged) when the file cannot be decoded.
+               generator: torch.Generator | None = None) -> torch.Tensor | Unreadable:
+    """Clips ``uint8 [n, T, H, W, 3]`` from one decoding pass, or :class:`Unreadable` when the file cannot be
+    decoded.
 
     ``starts(total)`` gives their first frames from the video's frame count (e.g. evenly spaced test clips);
     without it, ``count`` clips start at random (drawn from ``generator``, else the global one)."""
@@ -149,44 +181,41 @@ def read_clips(path: Path, num_frames: int, stride: int, *, count: int = 1,
         firsts = starts(total) if starts is not None else [None] * count
         indices = [i for s in firsts for i in clip_indices(total, num_frames, stride, start=s, generator=generator)]
         return decode_frames(path, indices).unflatten(0, (len(firsts), num_frames))
-    except Exception as e:  # corrupt, truncated, not a video, no video stream: skipped and counted
-        log.debug("skipping unreadable clip %s (%s)", path, e)
-        return None
+    except Exception as e:  # corrupt, truncated, missing, not a video, no video stream: skipped, counted, named
+        return Unreadable.of(path, e)
 
 
 def read_clip(path: Path, num_frames: int, stride: int, *, start: int | None = None,
-              generator: torch.Generator | None = None) -> torch.Tensor | None:
-    """One sampled clip ``uint8 [T, H, W, 3]`` (at ``start``, else at random), or ``None`` when unreadable."""
+              generator: torch.Generator | None = None) -> torch.Tensor | Unreadable:
+    """One sampled clip ``uint8 [T, H, W, 3]`` (at ``start``, else at random), or :class:`Unreadable`."""
     clips = read_clips(path, num_frames, stride, starts=None if start is None else lambda total: [start],
                        generator=generator)
-    return None if clips is None else clips[0]
+    return clips if isinstance(clips, Unreadable) else clips[0]
 
 
 def video_train_transform(num_frames: int, stride: int, img_size: int, mean: Sequence[float], std: Sequence[float],
                           *, scale: Sequence[float] = (0.2, 1.0), hflip: bool = True, repeats: int = 1):
-    """``path -> float [3, T, H, W]`` or ``None``: a clip at a random start (drawn from the global torch generator,
-    which ``SeededSamples`` seeds per sample), one RandomResizedCrop and flip for all its frames, normalised.
+    """``path -> float [3, T, H, W]`` or :class:`Unreadable`: a clip at a random start (the sample's "clip"
+    stream), one RandomResizedCrop and flip for all its frames ("crop", "flip"), normalised.
 
     ``repeats > 1`` is MAE-ST's repeated augmentation: ``repeats`` clips, each at its own random start with its own
     crop and flip, cut from one decoding pass of the video, as ``float [repeats, 3, T, H, W]``; decoding dominates
     the loader's time, so R clips cost little more than one."""
-    from torchvision.transforms import v2
-
     spatial = v2.Compose([
-        v2.RandomResizedCrop(img_size, scale=tuple(scale), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        *([v2.RandomHorizontalFlip()] if hflip else []),
+        *random_crop_flip(img_size, scale, hflip),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(list(mean), list(std)),
     ])
 
-    def one(clip: torch.Tensor) -> torch.Tensor:
-        return spatial(clip.permute(0, 3, 1, 2)).permute(1, 0, 2, 3)  # [T, 3, H, W] (one crop) -> [3, T, H, W]
+    def one(clip: torch.Tensor, r: int) -> torch.Tensor:
+        with streams.view(r):
+            return spatial(clip.permute(0, 3, 1, 2)).permute(1, 0, 2, 3)  # [T, 3, H, W] (one crop) -> [3, T, H, W]
 
-    def transform(path: Path) -> torch.Tensor | None:
-        clips = read_clips(path, num_frames, stride, count=repeats)  # [repeats, T, H, W, 3], one pass
-        if clips is None:
-            return None
-        views = torch.stack([one(clip) for clip in clips])  # [repeats, 3, T, H, W]
+    def transform(path: Path) -> torch.Tensor | Unreadable:
+        clips = read_clips(path, num_frames, stride, count=repeats, generator=streams.generator("clip"))
+        if isinstance(clips, Unreadable):  # [repeats, T, H, W, 3] from one pass, or why it failed
+            return clips
+        views = torch.stack([one(clip, r) for r, clip in enumerate(clips)])  # [repeats, 3, T, H, W]
         return views if repeats > 1 else views[0]
 
     return transform
@@ -197,8 +226,6 @@ def video_eval_views(clip: torch.Tensor, img_size: int, mean: Sequence[float], s
     """``uint8 [T, H, W, 3]`` -> ``float [views, 3, T, S, S]``: the short side resized to ``img_size``, then the
     centre crop (1 view) or ``spatial_crops`` crops evenly along the long side (3: left / centre / right, as
     SlowFast / MViT / Hiera test)."""
-    from torchvision.transforms import v2
-
     x = v2.functional.resize(clip.permute(0, 3, 1, 2), img_size, interpolation=v2.InterpolationMode.BICUBIC,
                              antialias=True)  # [T, 3, H', W'] with min(H', W') = img_size
     x = v2.functional.to_dtype(x, torch.float32, scale=True)
@@ -212,14 +239,15 @@ def video_eval_views(clip: torch.Tensor, img_size: int, mean: Sequence[float], s
 
 def video_eval_transform(num_frames: int, stride: int, img_size: int, mean: Sequence[float], std: Sequence[float],
                          *, temporal_views: int = 1, spatial_views: int = 1):
-    """``path -> float [views, 3, T, S, S]`` or ``None``: ``temporal_views`` evenly spaced clips, each cut into
+    """``path -> float [views, 3, T, S, S]`` or :class:`Unreadable`: ``temporal_views`` evenly spaced clips, each cut
+    into
     ``spatial_views`` crops (the Kinetics test protocol is 5 x 3 for Hiera-B / 7 x 3 for MViT), clip-major order."""
 
-    def transform(path: Path) -> torch.Tensor | None:
+    def transform(path: Path) -> torch.Tensor | Unreadable:
         clips = read_clips(path, num_frames, stride,  # one decoding pass for all: [temporal, T, H, W, 3]
                            starts=lambda total: uniform_starts(total, num_frames, stride, temporal_views))
-        if clips is None:
-            return None
+        if isinstance(clips, Unreadable):
+            return clips
         return torch.cat([video_eval_views(clip, img_size, mean, std, spatial_crops=spatial_views)
                           for clip in clips])  # [temporal * spatial, 3, T, S, S]
 

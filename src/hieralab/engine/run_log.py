@@ -1,32 +1,45 @@
-"""What a run writes as it goes: a CSV of metrics, TensorBoard events, and a loss-curve PNG at the end."""
+"""What a run writes as it goes: a CSV of metrics and TensorBoard events.
+
+``log.csv`` is appended a line at a time and rewritten only through a temporary file (a new column, a resume), so
+a kill at any instant loses at most the rows written since the last checkpoint; a line the kill cut short is
+dropped when the log is read back.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .. import files
 
 log = logging.getLogger(__name__)
 
 
+def _csv_text(fields: list[str], rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fields, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
 class RunLog:
-    """Appends rows to ``<run>/log.csv`` and scalars to ``<run>/tb``. On resume, rows after the resumed step are
-    dropped first, so the CSV reads as one uninterrupted run."""
+    """Appends rows to ``<run>/log.csv`` and scalars to ``<run>/tb``. ``resume_step``: rows after it are dropped
+    first (atomically), so the CSV reads as one uninterrupted run; None starts both logs afresh."""
 
     def __init__(self, run_dir: Path, *, resume_step: int | None = None, tensorboard: bool = True):
         self.path = run_dir / "log.csv"
         self.fields: list[str] | None = None
-        if self.path.exists():
-            rows = list(csv.DictReader(self.path.open()))
-            keep = [r for r in rows if resume_step is not None and int(r["step"]) <= resume_step]
-            if rows:
-                self.fields = list(rows[0].keys())
-                with self.path.open("w", newline="") as f:
-                    w = csv.DictWriter(f, self.fields)
-                    w.writeheader()
-                    w.writerows(keep)
+        if resume_step is not None and self.path.exists():
+            header, rows = files.read_csv(self.path)
+            keep = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) <= resume_step]
+            self.fields = header or None
+            files.write_text(self.path, _csv_text(header, keep), durable=True)
+        elif self.path.exists():
+            self.path.unlink()
         self.tb = None
         if tensorboard:
             try:
@@ -39,66 +52,21 @@ class RunLog:
     def write(self, row: dict[str, Any]) -> None:
         new = [k for k in row if k not in (self.fields or [])]
         if new:  # the first row, or a metric that appears later (e.g. validation): rewrite with the wider header
-            rows = list(csv.DictReader(self.path.open())) if self.fields else []
+            _, rows = files.read_csv(self.path) if self.fields else ([], [])
             self.fields = (self.fields or []) + new
-            with self.path.open("w", newline="") as f:
-                w = csv.DictWriter(f, self.fields)
-                w.writeheader()
-                w.writerows(rows)
-        with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, self.fields).writerow({k: row.get(k) for k in self.fields})
+            files.write_text(self.path, _csv_text(self.fields, [*rows, row]))
+        else:
+            with self.path.open("a", newline="") as f:
+                csv.DictWriter(f, self.fields, extrasaction="ignore", lineterminator="\n").writerow(row)
         if self.tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)):
                     self.tb.add_scalar(f"train/{k}", v, row["step"])
 
+    def flush(self) -> None:
+        if self.tb is not None:
+            self.tb.flush()
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
-
-
-def plot_curve(csv_path: Path, png_path: Path, *, y: str = "loss", title: str = "MAE pretraining",
-               extra: Sequence[str] = ()) -> Path:
-    """Plot ``y`` against ``step`` from a run's ``log.csv`` (with the learning rate on a second axis); columns in
-    ``extra`` that have values (e.g. validation accuracy) go in a second panel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = list(csv.DictReader(csv_path.open()))
-    steps = [int(r["step"]) for r in rows]
-    series = {k: [(int(r["step"]), float(r[k])) for r in rows if r.get(k) not in (None, "")] for k in extra}
-    series = {k: v for k, v in series.items() if v}
-    fig, axes = plt.subplots(1, 2 if series else 1, figsize=(11 if series else 6, 3.6), dpi=120, squeeze=False)
-    ax = axes[0, 0]
-    ax.plot(steps, [float(r[y]) for r in rows], color="tab:blue", label=y)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel(y)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if rows and "lr" in rows[0]:
-        ax2 = ax.twinx()
-        ax2.plot(steps, [float(r["lr"]) for r in rows], color="tab:orange", alpha=0.6, label="lr")
-        ax2.set_ylabel("learning rate", color="tab:orange")
-    if series:
-        ax = axes[0, 1]
-        for k, points in series.items():
-            ax.plot(*zip(*points), marker="o", label=k)
-        ax.set_xlabel("optimizer step")
-        ax.set_title("validation")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    return save_figure(fig, png_path)
-
-
-def save_figure(fig, path: Path) -> Path:
-    """``tight_layout``, write a PNG through a temporary file and rename it into place, close the figure."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,21 +12,23 @@ from torch import nn
 class MaskUnitAttention(nn.Module):
     """Multi-head attention over ``[B, #MU, L, C]`` tokens in the mask-unit layout (see ``models/layout.py``).
 
-    ``windowed=True`` attends inside each mask unit, ``False`` over all tokens. ``q_stride > 1`` max-pools the
-    queries over the finest remaining pooling level, so the output has ``L / q_stride`` tokens per unit.
+    ``windowed=True`` attends inside each mask unit, ``False`` over all tokens. ``q_pool`` pools the queries
+    ``[..., L, d] -> [..., L / s, d]`` (Hiera passes ``models.layout.pool_level`` at its stage changes: a max-pool
+    over the finest remaining level), so the output has ``L / s`` tokens per unit.
 
     The official code runs ``scaled_dot_product_attention`` on 5-D tensors ``[B, heads, #MU, L, d]``, which only the
     slow math kernel accepts. Here ``B * #MU`` is folded into the batch axis (a view in this layout), so the fused
     4-D kernels run. Parameter names (``qkv``, ``proj``) match the official checkpoints.
     """
 
-    def __init__(self, dim: int, dim_out: int, heads: int, *, q_stride: int = 1, windowed: bool = False):
+    def __init__(self, dim: int, dim_out: int, heads: int, *,
+                 q_pool: Callable[[torch.Tensor], torch.Tensor] | None = None, windowed: bool = False):
         super().__init__()
         if dim_out % heads:
             raise ValueError(f"attention width {dim_out} is not divisible by {heads} heads")
         self.heads = heads
         self.head_dim = dim_out // heads
-        self.q_stride = q_stride
+        self.q_pool = q_pool
         self.windowed = windowed
         self.qkv = nn.Linear(dim, 3 * dim_out)
         self.proj = nn.Linear(dim_out, dim_out)
@@ -35,9 +39,8 @@ class MaskUnitAttention(nn.Module):
         batch, units = (B * U, 1) if self.windowed else (B, U)
         qkv = self.qkv(x).view(batch, units, L, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(3, 0, 4, 1, 2, 5).unbind(0)  # each [batch, heads, units, L, d]
-        if self.q_stride > 1:
-            # The finest pooling level is the outermost in-unit axis: a max over it is a max-pool of the grid.
-            q = q.unflatten(3, (self.q_stride, L // self.q_stride)).amax(dim=3)  # [batch, heads, units, L/s, d]
+        if self.q_pool is not None:
+            q = self.q_pool(q)  # [batch, heads, units, L/s, d]
         q, k, v = q.flatten(2, 3), k.flatten(2, 3), v.flatten(2, 3)  # [batch, heads, units*L, d] (k, v: views)
         x = F.scaled_dot_product_attention(q, k, v)  # [batch, heads, units*L/s, d]
         x = x.transpose(1, 2).reshape(B, U, -1, self.heads * self.head_dim)  # [B, #MU, L/s, C_out]

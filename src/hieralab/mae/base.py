@@ -5,12 +5,11 @@ tokens -> loss on the hidden patches), mask drawing, the loss, and bookkeeping. 
 from __future__ import annotations
 
 import math
-from typing import Any
-
 import torch
 from torch import nn
 
-from ..models.checkpoint import PretrainedMixin
+from ..models import registry
+from ..models.base import PretrainedMixin
 from . import targets
 from .masking import random_visible
 from .output import MAEOutput
@@ -22,9 +21,22 @@ class MAEBase(PretrainedMixin, nn.Module):
     mask_ratio: float
     norm_pix_loss: bool
 
-    def _mae_config(self, **decoder: Any) -> dict[str, Any]:
-        """The encoder's constructor arguments plus the MAE's: plain data for ``save_pretrained``."""
-        return {**self.encoder.config, **decoder}
+    # Encoder arguments an MAE sets for pretraining that its fine-tuned encoder does not keep: the official MAE
+    # models pool twice (q_pool 2) where the classifiers pool three times, and drop path is a per-run choice.
+    PRETRAINING_ONLY = ("q_pool", "num_classes", "drop_path_rate", "head_dropout", "head_init_scale")
+
+    def export_encoder(self, name: str) -> nn.Module:
+        """The encoder as the registered model ``name`` (``hiera_mini_32`` for ``mae_hiera_mini_32``), headless
+        (``num_classes=0``): this MAE's architecture over ``name``'s registered arguments, except the pretraining
+        ones (:attr:`PRETRAINING_ONLY`), and the encoder's weights. A final norm the MAE does not have (Hiera's,
+        which the MAE replaces by its fusion norm) keeps the fresh init that fine-tuning gives it anyway."""
+        arch = {k: v for k, v in self.encoder.config.items() if k not in self.PRETRAINING_ONLY}
+        encoder = registry.build(name, **{**arch, "num_classes": 0})
+        result = encoder.load_state_dict(self.encoder.state_dict(), strict=False)
+        if result.unexpected_keys or any(not k.startswith("norm.") for k in result.missing_keys):
+            raise ValueError(f"{name} does not hold this MAE's encoder (missing {result.missing_keys[:3]}, "
+                             f"unexpected {result.unexpected_keys[:3]})")
+        return encoder
 
     def random_visible(self, x: torch.Tensor, mask_ratio: float | None = None, *,
                        generator: torch.Generator | None = None) -> torch.Tensor:

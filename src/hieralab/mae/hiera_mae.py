@@ -18,14 +18,17 @@ import torch
 from torch import nn
 
 from ..layers import Block
+from ..layers.pos_embed import resample_grid
 from ..models.hiera import Hiera
-from ..models.layout import visible_order, windows_to_grid
+from ..models.layout import scatter_units, windows_to_grid
 from . import targets
 from .base import MAEBase
 
 
 class MaskedAutoencoderHiera(MAEBase):
     """Hiera encoder (any ``Hiera`` argument) + MAE decoder. Images ``[B, C, H, W]`` or clips ``[B, C, T, H, W]``."""
+
+    encoder_class = Hiera  # what **encoder_args are the arguments of
 
     def __init__(
         self,
@@ -42,9 +45,6 @@ class MaskedAutoencoderHiera(MAEBase):
         self.encoder = Hiera(**encoder_args)
         enc = self.encoder
         enc.norm = nn.Identity()  # the MAE normalises the fused features instead (encoder_norm)
-        self.config = self._mae_config(mask_ratio=mask_ratio, decoder_embed_dim=decoder_embed_dim,
-                                       decoder_depth=decoder_depth, decoder_num_heads=decoder_num_heads,
-                                       norm_pix_loss=norm_pix_loss)
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
         self.ndim = enc.ndim
@@ -133,13 +133,9 @@ class MaskedAutoencoderHiera(MAEBase):
     def forward_decoder(self, latent: torch.Tensor, visible: torch.Tensor, num_units: Sequence[int]) -> torch.Tensor:
         """Mask tokens fill the deleted units; returns the pixel predictions ``[B, N, P]`` in raster order."""
         x = self.decoder_embed(latent)  # [B, #visible, *mu_final, D]
-        B, D = x.shape[0], x.shape[-1]
-        U = visible.shape[1]
-        # Scatter the visible units into a full set of units made of mask tokens: [B, #MU, *mu_final, D].
-        full = self.mask_token.view(1, 1, *([1] * self.ndim), D).expand(B, U, *x.shape[2:-1], D)
-        order = visible_order(visible, x.shape[1])  # visible unit ids
-        index = order.view(B, -1, *([1] * (self.ndim + 1))).expand_as(x)
-        full = full.scatter(1, index, x)
+        D = x.shape[-1]
+        # The visible units back among mask tokens: [B, #MU, *mu_final, D].
+        full = scatter_units(self.mask_token.view(1, 1, *([1] * self.ndim), D), x, visible)
         x = windows_to_grid(full, num_units).flatten(1, -2)  # [B, N, D], raster order over the final token grid
         x = x + self._decoder_pos_embed(num_units)
         for block in self.decoder_blocks:
@@ -152,8 +148,6 @@ class MaskedAutoencoderHiera(MAEBase):
             return self.decoder_pos_embed
         if self.ndim == 3:
             raise ValueError(f"the video MAE decoder is built for token grid {self.token_grid_final}, got {grid}")
-        from ..layers.pos_embed import resample_grid
-
         pos = self.decoder_pos_embed.view(1, *self.token_grid_final, -1)
         return resample_grid(pos, grid).flatten(1, 2)
 

@@ -30,10 +30,3 @@ def random_visible(
     order = noise.argsort(dim=1)[:, :keep]  # [B, keep]
     return torch.zeros(batch, num_units, dtype=torch.bool, device=noise.device).scatter_(1, order, True)
 
-
-def seeded_generator(*seeds: int) -> torch.Generator:
-    """A CPU generator seeded from a tuple of ints (e.g. run seed, epoch, sample index): reproducible draws that do
-    not depend on how samples are split across workers or processes."""
-    g = torch.Generator()
-    g.manual_seed(hash(tuple(int(s) for s in seeds)) & 0x7FFF_FFFF_FFFF_FFFF)
-    return g

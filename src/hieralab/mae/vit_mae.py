@@ -17,13 +17,14 @@ from torch import nn
 
 from ..layers import Block
 from ..layers.pos_embed import resample_grid, sincos_2d
-from ..models.layout import visible_order
+from ..models.layout import gather_units, scatter_units
 from ..models.vit import VisionTransformer
 from . import targets
 from .base import MAEBase
 
 
 class MaskedAutoencoderViT(MAEBase):
+    encoder_class = VisionTransformer  # what **encoder_args are the arguments of
 
     def __init__(
         self,
@@ -38,9 +39,6 @@ class MaskedAutoencoderViT(MAEBase):
         super().__init__()
         self.encoder = VisionTransformer(**{"pos_embed": "sincos", **encoder_args, "num_classes": 0})
         enc = self.encoder
-        self.config = self._mae_config(mask_ratio=mask_ratio, decoder_embed_dim=decoder_embed_dim,
-                                       decoder_depth=decoder_depth, decoder_num_heads=decoder_num_heads,
-                                       norm_pix_loss=norm_pix_loss)
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
         self.pred_stride = enc.patch_size
         self.decoder_embed = nn.Linear(enc.embed_dim, decoder_embed_dim)
@@ -77,19 +75,13 @@ class MaskedAutoencoderViT(MAEBase):
     # ---------------------------------------------------------------- the model
     def forward_encoder(self, x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """``[B, 1 + #visible, C]``: class token, then the visible patches in raster order."""
-        tokens = self.encoder.embed(x)  # [B, N, C]
-        B, N, C = tokens.shape
-        order = visible_order(visible)  # [B, keep]
-        tokens = torch.gather(tokens, 1, order[..., None].expand(B, -1, C))  # [B, keep, C]
+        tokens = gather_units(self.encoder.embed(x), visible)  # [B, N, C] -> [B, keep, C]
         return self.encoder.encode(tokens)
 
     def forward_decoder(self, latent: torch.Tensor, visible: torch.Tensor, grid: list[int]) -> torch.Tensor:
         """Mask tokens at the hidden patches; returns predictions ``[B, N, P]`` (class token dropped)."""
         x = self.decoder_embed(latent)  # [B, 1 + keep, D]
-        B, D = x.shape[0], x.shape[-1]
-        N = visible.shape[1]
-        order = visible_order(visible, x.shape[1] - 1)
-        full = self.mask_token.expand(B, N, D).scatter(1, order[..., None].expand(-1, -1, D), x[:, 1:])  # [B, N, D]
+        full = scatter_units(self.mask_token, x[:, 1:], visible)  # [B, N, D], mask tokens at the hidden patches
         x = torch.cat([x[:, :1], full], dim=1) + self._decoder_pos_embed(grid)  # [B, 1 + N, D]
         for block in self.decoder_blocks:
             x = block(x)

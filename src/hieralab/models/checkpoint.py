@@ -1,181 +1,79 @@
-"""Reading and writing weights: official Hiera and T2T-ViT, timm, HF transformers and our own safetensors + JSON.
+"""Weights into models and models into folders: ``load_checkpoint`` (any supported layout), ``save_pretrained``
+(safetensors + the constructor's config as JSON) and ``from_pretrained``.
 
-Nothing here unpickles arbitrary objects: ``.pth`` files go through ``torch.load(weights_only=True)``.
+A checkpoint must fit the model it is loaded into: the same shapes (a position table stored for another input size
+is resampled by the model's own ``adapt_state_dict``, a head for another class count is dropped), and, for a
+``save_pretrained`` folder, the same constructor arguments (those that change outputs without changing shapes,
+such as ``q_pool``, included). Anything else is an error that names what differs and what to create instead.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import logging
 import os
-import re
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from ..layers import pos_embed as pe
+from .. import files
+from ..errors import CheckpointError
+from . import registry
+from .convert import (CONFIG_NAME, WEIGHTS_NAME, read_safetensors, read_state_dict, to_hieralab_keys, to_mae_keys,
+                      unwrap_state_dict)
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-# Parts of an official MAE checkpoint that are not the encoder.
-_MAE_ONLY = ("decoder", "multi_scale_fusion_heads", "mask_token", "encoder_norm")
+# Constructor arguments a checkpoint may have been saved with other values of: they change no weight (or one the
+# loader adapts: the head, the position table) and no output of a given input in eval mode.
+ADAPTABLE_ARGS = frozenset({"num_classes", "drop_path_rate", "head_dropout", "t2t_dropout", "head_init_scale",
+                            "mask_ratio", "input_size", "img_size"})
 
 
-# ---------------------------------------------------------------- key layouts
-def _from_timm(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in sd.items():
-        k = re.sub(r"^head\.fc\.", "head.projection.", k)
-        k = re.sub(r"^head\.norm\.", "norm.", k)
-        out[k] = v
-    return out
-
-
-def _from_transformers(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """HF ``HieraModel`` / ``HieraForImageClassification``: stages hold their layers; block i is numbered globally."""
-    layer_ids = sorted({(int(m[1]), int(m[2])) for k in sd if (m := re.search(r"stages\.(\d+)\.layers\.(\d+)\.", k))})
-    global_index = {sl: i for i, sl in enumerate(layer_ids)}
-    rename = [
-        (r"^(hiera\.)?embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-        (r"^(hiera\.)?embeddings\.position_embeddings$", "pos_embed"),
-        (r"^(hiera\.)?pooler\.layernorm\.", "norm."),
-        (r"^classifier\.", "head.projection."),
-        (r"\.layernorm_before\.", ".norm1."),
-        (r"\.layernorm_after\.", ".norm2."),
-    ]
-    out = {}
-    for k, v in sd.items():
-        m = re.search(r"^(hiera\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.", k)
-        if m:
-            k = f"blocks.{global_index[(int(m[2]), int(m[3]))]}." + k[m.end():]
-        for pattern, repl in rename:
-            k = re.sub(pattern, repl, k)
-        out[k] = v
-    return out
-
-
-def _from_t2t(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """yitu-opensource/T2T-ViT: the Performer T2T layers keep their MLP as ``nn.Sequential`` (``mlp.0``, ``mlp.2``)."""
-    return {re.sub(r"^(tokens_to_token\.attention\d\.mlp)\.([02])\.",
-                   lambda m: f"{m[1]}.{'fc1' if m[2] == '0' else 'fc2'}.", k): v for k, v in sd.items()}
-
-
-def _detect(sd: Mapping[str, torch.Tensor]) -> tuple[str, Callable[[Mapping[str, torch.Tensor]], dict]]:
-    if any(k.startswith("tokens_to_token.") for k in sd):
-        return "t2t", _from_t2t
-    if any(".stages." in k or k.startswith(("hiera.", "embeddings.")) for k in sd):
-        return "transformers", _from_transformers
-    if any(k.startswith(("head.fc.", "head.norm.")) for k in sd):
-        return "timm", _from_timm
-    return "hiera", dict
-
-
-def to_hieralab_keys(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
-    """Rename any supported layout to ours; returns ``(layout name, state dict)``. MAE-only parts are dropped (an
-    MAE checkpoint, official or ours, loads its encoder)."""
-    kind, convert = _detect(sd)
-    out = {k.removeprefix("encoder."): v for k, v in convert(sd).items()}
-    dropped = [k for k in out if k.startswith(_MAE_ONLY)]
-    for k in dropped:
-        del out[k]
-    if dropped:
-        log.info("checkpoint: dropped %d MAE decoder tensors, loading the encoder only", len(dropped))
-    return kind, out
-
-
-# ---------------------------------------------------------------- reading files
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors from a ``.safetensors`` file, a ``save_pretrained`` folder or a ``.pth``/``.pt``/``.bin``/``.pth.tar``
-    file (official Hiera ``{"model_state": ...}``, timm training checkpoints ``{"state_dict": ..., "state_dict_ema":
-    ..., "args": Namespace}`` -- the EMA weights when present, as timm's ``load_checkpoint`` --, plain dicts), never
-    unpickling objects other than tensors, containers and ``argparse.Namespace``; a DDP ``module.`` prefix is
-    removed."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / WEIGHTS_NAME
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    safe_globals = getattr(torch.serialization, "safe_globals", None)  # timm checkpoints keep their argparse args
-    try:
-        with safe_globals([argparse.Namespace]) if safe_globals else contextlib.nullcontext():
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle of arbitrary objects, or not a torch file at all
-        raise ValueError(f"{path} is not a weights-only torch checkpoint ({type(e).__name__}); re-save it as a plain "
-                         "state dict or as .safetensors") from None
-    for key in ("model_state", "model", "state_dict_ema", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} holds no state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-# ---------------------------------------------------------------- loading into a model
+# ---------------------------------------------------------------- fitting a state dict to a model
 def _guess_models(sd: Mapping[str, torch.Tensor]) -> list[str]:
-    from .registry import list_models, model_config
-
     depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
     if "tokens_to_token.project.weight" in sd:  # T2T-ViT: width, depth and the T2T layer kind
         width = sd["tokens_to_token.project.weight"].shape[0]
         kind = "performer" if "tokens_to_token.attention1.w" in sd else "transformer"
-        return [name for name in list_models("t2t_vit_*") if (cfg := model_config(name)).get("embed_dim") == width
-                and cfg.get("depth") == depth and cfg.get("tokens_type") == kind]
+        return [name for name in registry.list_models("t2t_vit_*")
+                if (cfg := registry.model_config(name)).get("embed_dim") == width and cfg.get("depth") == depth
+                and cfg.get("tokens_type") == kind]
     w = sd.get("patch_embed.proj.weight")
     if w is None:
         return []
     names = []
-    for name in list_models():
+    for name in registry.list_models():
         if name.startswith("mae_"):  # an encoder checkpoint: name encoders
             continue
-        cfg = model_config(name)
+        cfg = registry.model_config(name)
         if (cfg.get("embed_dim") == w.shape[0] and sum(cfg.get("stages", ())) == depth
                 and len(cfg.get("input_size", (224, 224))) == w.dim() - 2):
             names.append(name)
     return names
 
 
+def _head_prefix(model: nn.Module) -> str | None:
+    """``"head.projection."`` / ``"head."``: the state-dict prefix of the classifier, None for a headless model."""
+    name = model.classifier_name() if hasattr(model, "classifier_name") else None
+    return f"{name}." if name else None
+
+
 def adapt_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Fit a checkpoint (our keys) to ``model``: resample position embeddings stored for another input size, drop a
-    head trained for another class count; anything else that does not fit is an error naming the right config."""
+    """Fit a checkpoint (our keys) to ``model``: the model resamples position tables stored for another input size
+    (``model.adapt_state_dict``), a head trained for another class count is dropped; anything else that does not
+    fit is an error naming the right config."""
     own = model.state_dict()
-    sd = dict(sd)
-    if (hasattr(model, "adapt_pos_embed") and "pos_embed" in sd and sd["pos_embed"].shape != own["pos_embed"].shape
-            and sd["pos_embed"].shape[-1] == own["pos_embed"].shape[-1]):
-        sd["pos_embed"] = model.adapt_pos_embed(sd["pos_embed"])  # ViT / T2T-ViT: stored for another input size
-        log.info("checkpoint: resampled pos_embed to %s tokens", model.grid_size)
-    if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape \
-            and getattr(model, "pos_embed_kind", "absolute") == "absolute" and sd["pos_embed"].dim() == 3:
-        src, dst, C = sd["pos_embed"].shape[1], own["pos_embed"].shape[1], own["pos_embed"].shape[2]
-        side = int(round(src ** 0.5))
-        if side * side == src and sd["pos_embed"].shape[2] == C and model.ndim == 2:
-            grid = pe.resample_grid(sd["pos_embed"].view(1, side, side, C), model.stored_grid)
-            sd["pos_embed"] = grid.reshape(1, dst, C)
-            log.info("checkpoint: resampled pos_embed from %dx%d to %s tokens", side, side, model.stored_grid)
-    if "pos_embed_spatial" in sd and "pos_embed_spatial" in own:
-        for key, grid in (("pos_embed_spatial", model.stored_grid[1:]), ("pos_embed_temporal", model.stored_grid[:1])):
-            v = sd[key]
-            if v.shape != own[key].shape and v.shape[-1] == own[key].shape[-1]:
-                if key == "pos_embed_spatial":
-                    side = int(round(v.shape[1] ** 0.5))
-                    v = v.view(1, side, side, v.shape[-1])
-                sd[key] = pe.resample_grid(v, grid).reshape(own[key].shape)
-    for k in ("head.projection.weight", "head.projection.bias", "head.weight", "head.bias"):
-        if k in sd and (k not in own or sd[k].shape != own[k].shape):
-            log.info("checkpoint: %s has %d classes, the model %s; keeping the model's new head", k,
-                     sd[k].shape[0], own[k].shape[0] if k in own else 0)
-            del sd[k]
+    sd = model.adapt_state_dict(dict(sd)) if hasattr(model, "adapt_state_dict") else dict(sd)
+    head = _head_prefix(model)
+    for k in [k for k in sd if head and k.startswith(head) and (k not in own or sd[k].shape != own[k].shape)]:
+        log.info("checkpoint: %s has %d classes, the model %s; keeping the model's new head", k, sd[k].shape[0],
+                 own[k].shape[0] if k in own else 0)
+        del sd[k]
     wrong = [k for k in sd if k in own and sd[k].shape != own[k].shape]
     unknown = [k for k in sd if k not in own]
     if wrong or unknown:
@@ -184,27 +82,81 @@ def adapt_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> dict[s
         first = wrong[0] if wrong else unknown[0]
         detail = (f"{first}: checkpoint {tuple(sd[first].shape)} vs model {tuple(own[first].shape)}" if wrong
                   else f"unexpected key {first}")
-        raise ValueError(f"checkpoint does not fit this model ({len(wrong)} shapes differ, {len(unknown)} unknown "
-                         f"keys; {detail}); {hint}")
+        raise CheckpointError(f"checkpoint does not fit this model ({len(wrong)} shapes differ, {len(unknown)} "
+                              f"unknown keys; {detail}); {hint}")
     return sd
 
 
-def to_mae_keys(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """An official MAE checkpoint (encoder and decoder side by side) to our MAE layout (encoder under ``encoder.``)."""
-    return {k if k.startswith(_MAE_ONLY + ("encoder.",)) else f"encoder.{k}": v for k, v in sd.items()}
-
-
-def load_checkpoint(model: nn.Module, path_or_state: str | os.PathLike | Mapping[str, torch.Tensor]) -> list[str]:
-    """Load weights in any supported layout into ``model``; returns the model keys the checkpoint did not have
-    (e.g. ``norm`` and ``head`` for an MAE encoder checkpoint)."""
-    sd = read_state_dict(path_or_state) if not isinstance(path_or_state, Mapping) else dict(path_or_state)
+def effective_config(model: nn.Module) -> dict[str, Any]:
+    """Every constructor argument in effect, defaults included (an MAE: its encoder's arguments under its own)."""
     if getattr(model, "is_mae", False):
-        kind, sd = "mae", to_mae_keys(sd)
+        return {**{k: v for k, v in model.encoder.config.items() if k != "num_classes"}, **model.config}
+    return dict(model.config)
+
+
+def config_differences(model: nn.Module, saved_name: str | None, saved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{argument: (saved, model's)}`` for the constructor arguments a ``save_pretrained`` folder was written with
+    that differ from ``model``'s and are not adaptable (:data:`ADAPTABLE_ARGS`)."""
+    theirs = dict(saved)
+    if saved_name is not None:
+        try:  # the saved model's arguments with its defaults, built on the meta device (no weights allocated)
+            with torch.device("meta"):
+                theirs = effective_config(registry.build(saved_name, **saved))
+        except Exception:  # a model this version cannot build: compare what was saved
+            pass
+    own = effective_config(model)
+    return {k: (v, own[k]) for k, v in theirs.items() if k not in ADAPTABLE_ARGS and k in own and own[k] != v}
+
+
+def _check_saved_config(model: nn.Module, folder: Path) -> None:
+    """A ``save_pretrained`` folder loads only into a model built with the same arguments (the adaptable ones
+    aside); an MAE's folder loads into its encoder's class, compared on the encoder's architecture."""
+    meta = read_config(folder)
+    name, saved = meta.get("model_name"), meta.get("config", {})
+    if name in registry.list_models():
+        cls = registry.model_class(name)
+        encoder_cls = getattr(cls, "encoder_class", None)
+        if encoder_cls is not None and isinstance(model, encoder_cls) and not getattr(model, "is_mae", False):
+            with torch.device("meta"):  # the MAE's encoder, on the meta device: its arguments with defaults
+                encoder = registry.build(name, **saved).encoder
+            skip = set(getattr(cls, "PRETRAINING_ONLY", ()))
+            diff = {k: (v, model.config[k]) for k, v in encoder.config.items()
+                    if k not in skip | ADAPTABLE_ARGS and k in model.config and model.config[k] != v}
+            _raise_if_different(diff, folder)
+            return
+        if not isinstance(model, cls):
+            raise CheckpointError(f"checkpoint does not fit this model: {folder} holds {name} (a {cls.__name__}), "
+                                  f"this is a {type(model).__name__}; create {name} instead, or load it with "
+                                  f"hieralab.from_pretrained('{folder}')")
+    _raise_if_different(config_differences(model, name, saved), folder)
+
+
+def _raise_if_different(diff: dict[str, tuple[Any, Any]], folder: Path) -> None:
+    if diff:
+        saved = ", ".join(f"{k}={a!r}" for k, (a, _) in diff.items())
+        mine = ", ".join(f"{k}={b!r}" for k, (_, b) in diff.items())
+        raise CheckpointError(f"{folder} was saved with {saved} (this model: {mine}); create the model with those "
+                              f"arguments, or load the folder with hieralab.from_pretrained('{folder}')")
+
+
+def load_checkpoint(model: nn.Module, path_or_state: str | os.PathLike | Mapping[str, Any]) -> list[str]:
+    """Load weights in any supported layout into ``model``: a file, a ``save_pretrained`` folder, a state dict or a
+    loaded training checkpoint (``{"model_state": ...}`` and the like). Returns the model keys the checkpoint did
+    not have (e.g. ``head`` for an MAE encoder checkpoint)."""
+    if isinstance(path_or_state, Mapping):
+        sd = unwrap_state_dict(path_or_state, "the state dict given")
+    else:
+        folder = Path(path_or_state).expanduser()
+        if folder.is_dir() and (folder / CONFIG_NAME).exists():
+            _check_saved_config(model, folder)
+        sd = read_state_dict(folder)
+    if getattr(model, "is_mae", False):
+        sd = to_mae_keys(sd)
         missing = [k for k in model.state_dict() if k not in sd]
         unknown = [k for k in sd if k not in model.state_dict()]
         if missing or unknown:
-            raise ValueError(f"checkpoint does not fit this MAE model ({len(missing)} tensors missing, e.g. "
-                             f"{(missing or unknown)[0]}); check the model name")
+            raise CheckpointError(f"checkpoint does not fit this MAE model ({len(missing)} tensors missing, e.g. "
+                                  f"{(missing or unknown)[0]}); check the model name")
         model.load_state_dict(sd)
         return []
     kind, sd = to_hieralab_keys(sd)
@@ -217,81 +169,63 @@ def load_checkpoint(model: nn.Module, path_or_state: str | os.PathLike | Mapping
 
 
 # ---------------------------------------------------------------- our own format
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder and rename, so a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` (the registered name and constructor arguments)."""
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, *,
+                    extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model.safetensors``, the ``extra`` JSON files (``{"classifier.json": {...}}``) and ``config.json``
+    (the registered name, the constructor's arguments, the class), each atomically; ``config.json`` goes last, so
+    a folder with one is complete."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = {"model_name": getattr(model, "model_name", None), "config": model.config,
               "architecture": type(model).__name__}
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
+    files.atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    for name, data in (extra or {}).items():
+        files.write_json(directory / name, data)
+    files.write_json(directory / CONFIG_NAME, config)
     return directory
 
 
-def from_pretrained(directory: str | os.PathLike, **overrides: Any) -> nn.Module:
-    """Rebuild a model saved by :func:`save_pretrained` and load its weights."""
-    from .registry import create_model
+def read_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The ``config.json`` of a ``save_pretrained`` folder; a one-line error for anything else."""
+    directory = Path(directory).expanduser()
+    path = directory / CONFIG_NAME
+    if not path.exists():
+        inside = sorted(p.name + "/" for p in directory.iterdir() if (p / CONFIG_NAME).exists()) \
+            if directory.is_dir() else []
+        hint = (f"; it holds the save_pretrained folders {', '.join(inside)}: pass one of those" if inside
+                else "; it was not written by save_pretrained")
+        raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}{hint}")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{path} is not a save_pretrained config (no 'config' mapping)")
+    return meta
 
-    directory = Path(directory)
-    cfg_path = directory / CONFIG_NAME
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; it was not written by save_pretrained")
-    meta = json.loads(cfg_path.read_text())
+
+def from_pretrained(directory: str | os.PathLike, *, expect: type | None = None, **overrides: Any) -> nn.Module:
+    """Rebuild a model saved by :func:`save_pretrained` and load its weights; with ``expect`` (the class
+    ``from_pretrained`` was called on) a folder holding another kind of model is an error."""
+    directory = Path(directory).expanduser()
+    meta = read_config(directory)
     name = meta.get("model_name")
     if name is None:
-        raise ValueError(f"{cfg_path} names no registered model")
-    model = create_model(name, **{**meta["config"], **overrides})
-    sd = load_file(str(directory / WEIGHTS_NAME))
-    model.load_state_dict(adapt_state_dict(model, sd), strict="num_classes" not in overrides)
+        raise CheckpointError(f"{directory / CONFIG_NAME} names no registered model")
+    cls = registry.model_class(name)
+    if expect is not None and not (isinstance(cls, type) and issubclass(cls, expect)):
+        raise CheckpointError(f"{directory} holds a {meta.get('architecture') or cls.__name__} ({name}), not a "
+                              f"{expect.__name__}; load it with hieralab.from_pretrained or "
+                              f"{meta.get('architecture')}.from_pretrained")
+    model = registry.build(name, **{**meta["config"], **overrides})
+    sd = adapt_state_dict(model, read_safetensors(directory / WEIGHTS_NAME))
+    result = model.load_state_dict(sd, strict=False)
+    head = _head_prefix(model)
+    missing = [k for k in result.missing_keys if not ("num_classes" in overrides and head and k.startswith(head))]
+    if missing:
+        raise CheckpointError(f"{directory / WEIGHTS_NAME} lacks {', '.join(missing[:4])}"
+                              f"{' ...' if len(missing) > 4 else ''} of {name}; it was saved from another "
+                              f"architecture. Load it with hieralab.create_model('{name}', checkpoint=...) to start "
+                              "the missing tensors fresh")
     return model
-
-
-class PretrainedMixin:
-    """``save_pretrained`` / ``from_pretrained`` and layer ids for layer-wise lr decay, shared by every model here.
-
-    A model lists its embedding parameters (layer 0) in ``embed_params``; ``blocks.i`` is layer ``i + 1`` and
-    everything else (final norms, head) layer ``depth + 1``.
-    """
-
-    embed_params: tuple[str, ...] = ("patch_embed", "pos_embed")
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``model.safetensors`` + ``config.json`` to ``directory`` (atomically)."""
-        save_pretrained(self, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> nn.Module:
-        """Rebuild a model written by :meth:`save_pretrained`."""
-        return from_pretrained(directory, **overrides)
-
-    @property
-    def num_layers(self) -> int:
-        """Layer ids run 0 (embeddings) .. depth + 1 (final norms and head)."""
-        return len(self.blocks) + 2
-
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """timm's parameter grouping, the same layers as :meth:`layer_id` (embeddings, then one group per block,
-        then the rest), so ``timm.optim.param_groups_layer_decay`` works on our models."""
-        return dict(stem=r"^(?:" + "|".join(re.escape(p) for p in self.embed_params) + ")", blocks=r"^blocks\.(\d+)")
-
-    def layer_id(self, param_name: str) -> int:
-        """The layer a parameter belongs to, for layer-wise learning-rate decay."""
-        if param_name.startswith(self.embed_params):
-            return 0
-        if param_name.startswith("blocks."):
-            return int(param_name.split(".")[1]) + 1
-        return len(self.blocks) + 1
-

@@ -13,17 +13,20 @@ Differences from the official code, on purpose:
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..layers import ClassifierHead, DropPath, MaskUnitAttention, Mlp, PatchEmbed
 from ..layers import pos_embed as pe
-from .checkpoint import PretrainedMixin
-from .layout import reroll, units_to_windows, unroll, visible_order
+from .base import PretrainedMixin, take_indices
+from .layout import gather_units, pool_level, reroll, units_to_windows, unroll
+
+log = logging.getLogger(__name__)
 
 
 class LayerScale(nn.Module):
@@ -58,7 +61,8 @@ class HieraBlock(nn.Module):
         super().__init__()
         self.dim, self.dim_out, self.q_stride = dim, dim_out, q_stride
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = MaskUnitAttention(dim, dim_out, heads, q_stride=q_stride, windowed=windowed)
+        pool = functools.partial(pool_level, stride=q_stride) if q_stride > 1 else None
+        self.attn = MaskUnitAttention(dim, dim_out, heads, q_pool=pool, windowed=windowed)
         self.norm2 = nn.LayerNorm(dim_out, eps=norm_eps)
         self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -71,20 +75,13 @@ class HieraBlock(nn.Module):
             elif dim_out != 2 * dim:
                 raise ValueError("expand_proj=False widens by concatenating max and mean pools, so dim_mul must be 2")
 
-    def _pool(self, x: torch.Tensor, reduce: str = "amax") -> torch.Tensor:
-        if self.q_stride == 1:
-            return x
-        B, U, L, C = x.shape
-        pooled = x.view(B, U, self.q_stride, L // self.q_stride, C)  # finest level is the outermost in-unit axis
-        return pooled.amax(dim=2) if reduce == "amax" else pooled.mean(dim=2)  # [B, #MU, L/s, C]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_norm = self.norm1(x)  # [B, #MU, L, C]
         if self.dim != self.dim_out:
             if self.expand_proj:
-                x = self._pool(self.proj(x_norm))  # [B, #MU, L/s, C_out]
+                x = pool_level(self.proj(x_norm), self.q_stride)  # [B, #MU, L/s, C_out]
             else:  # timm abswin: widen by [max-pool, mean-pool] of the un-normalised input
-                x = torch.cat([self._pool(x), self._pool(x, "mean")], dim=-1)
+                x = torch.cat([pool_level(x, self.q_stride), pool_level(x, self.q_stride, "mean")], dim=-1)
         x = x + self.drop_path(self.ls1(self.attn(x_norm)))
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
@@ -136,18 +133,6 @@ class Hiera(PretrainedMixin, nn.Module):
             raise ValueError(f"q_pool must be in [0, {len(stages) - 1}], got {q_pool}")
         if pos_embed not in ("absolute", "separate", "abswin"):
             raise ValueError(f"pos_embed must be 'absolute', 'separate' or 'abswin', got {pos_embed!r}")
-        # Plain data, so the config serialises into checkpoints (save_pretrained) and presets.
-        self.config: dict[str, Any] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(
-            input_size=tuple(input_size), in_chans=in_chans, embed_dim=embed_dim, num_heads=num_heads,
-            num_classes=num_classes, stages=tuple(stages), q_pool=q_pool, q_stride=tuple(q_stride),
-            mask_unit_size=tuple(mask_unit_size), mask_unit_attn=tuple(mask_unit_attn), dim_mul=dim_mul,
-            head_mul=head_mul, patch_kernel=tuple(patch_kernel), patch_stride=tuple(patch_stride),
-            patch_padding=tuple(patch_padding), mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate,
-            head_dropout=head_dropout, head_init_scale=head_init_scale, pos_embed=pos_embed,
-            global_pos_size=tuple(global_pos_size), layer_scale=layer_scale, expand_proj=expand_proj,
-            norm_eps=norm_eps,
-        ).items()}
-
         self.ndim = ndim
         self.in_chans = in_chans
         self.num_classes = num_classes
@@ -221,6 +206,29 @@ class Hiera(PretrainedMixin, nn.Module):
         self.num_classes = num_classes
         self.config["num_classes"] = num_classes
         self.head.projection = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def adapt_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Resample the position tables of a checkpoint stored for another input size to this model's stored grid
+        (bicubic in space, linear in time, as :meth:`forward` resamples them for other inputs)."""
+        C = self.patch_embed.proj.out_channels
+        pos = sd.get("pos_embed")
+        if self.pos_embed_kind == "absolute" and pos is not None and pos.dim() == 3 and pos.shape[-1] == C \
+                and pos.shape != self.pos_embed.shape and self.ndim == 2:
+            side = int(round(pos.shape[1] ** 0.5))
+            if side * side == pos.shape[1]:
+                grid = pe.resample_grid(pos.view(1, side, side, C), self.stored_grid)
+                sd["pos_embed"] = grid.reshape(self.pos_embed.shape)
+                log.info("checkpoint: resampled pos_embed from %dx%d to %s tokens", side, side, self.stored_grid)
+        if self.pos_embed_kind == "separate":
+            grids = (("pos_embed_spatial", self.stored_grid[1:]), ("pos_embed_temporal", self.stored_grid[:1]))
+            for key, grid in grids:
+                v, own = sd.get(key), getattr(self, key)
+                if v is not None and v.shape != own.shape and v.shape[-1] == own.shape[-1]:
+                    if key == "pos_embed_spatial":
+                        side = int(round(v.shape[1] ** 0.5))
+                        v = v.view(1, side, side, v.shape[-1])
+                    sd[key] = pe.resample_grid(v, grid).reshape(own.shape)
+        return sd
 
     # ---------------------------------------------------------------- input geometry
     def token_grid(self, x: torch.Tensor) -> tuple[int, ...]:
@@ -327,7 +335,9 @@ class Hiera(PretrainedMixin, nn.Module):
         """Per-stage maps, as timm's ``forward_intermediates``.
 
         Args:
-            indices: stages to return (0-based), or an int ``n`` for the last ``n``; all four by default.
+            indices: stages to return (0-based, negative from the end) in the order given, or an int ``n`` for the
+                last ``n``; all of them by default. Out of range is an error
+                (:func:`~hieralab.models.base.take_indices`).
             visible: masked forward; maps are then ``[B, #visible, *mu_s, C]`` per stage (``output_fmt`` ignored).
             norm: apply the final norm to the last stage's map.
             output_fmt: ``"NCHW"`` (``[B, C, H, W]`` / ``[B, C, T, H, W]``) or ``"NHWC"`` (channels last).
@@ -337,35 +347,18 @@ class Hiera(PretrainedMixin, nn.Module):
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         n = len(self.stage_ends)
-        if indices is None:
-            stages = list(range(n))
-        elif isinstance(indices, int):
-            stages = list(range(n - indices, n))
-        else:
-            stages = [i % n for i in indices]
-        if not stages or any(not 0 <= s < n for s in stages):
-            raise ValueError(f"indices must name stages in 0..{n - 1}, got {indices}")
+        stages = take_indices(n, indices, "stages")
         tokens, num_units = self._embed(x, visible)
         masked = visible is not None
-        maps = []
-        want = stages if intermediates_only else sorted(set(stages) | {n - 1})
+        found: dict[int, torch.Tensor] = {}
         final = None
-        for stage, out in self._stages(tokens, want):
+        for stage, out in self._stages(tokens, stages if intermediates_only else sorted(set(stages) | {n - 1})):
             m = self._to_map(out, stage, num_units, masked)
             if stage == n - 1:
                 final = m
                 if norm:
                     m = self.norm(m)
-            if stage in stages:
-                maps.append(m if masked or output_fmt == "NHWC" else m.movedim(-1, 1))
+            found[stage] = m if masked or output_fmt == "NHWC" else m.movedim(-1, 1)
+        maps = [found[s] for s in stages]  # in the order asked
         return maps if intermediates_only else (final, maps)
 
-
-def gather_units(x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-    """Keep the visible units of ``[B, #MU, L, C]`` in unit order: ``[B, #visible, L, C]``.
-
-    A gather with a fixed count per sample (no boolean indexing), so shapes do not depend on data beyond that count.
-    """
-    B, U, L, C = x.shape
-    order = visible_order(visible)  # [B, #visible]
-    return torch.gather(x, 1, order[:, :, None, None].expand(B, -1, L, C))

@@ -88,10 +88,21 @@ def units_to_windows(x: torch.Tensor, schedule: Sequence[Shape], ndim: int) -> t
     return windows.reshape(B, U, *windows.shape[1:-1], C)
 
 
-def pool_level(x: torch.Tensor, stride: int) -> torch.Tensor:
-    """Max-pool the finest remaining level: ``[B, #MU, L, C]`` to ``[B, #MU, L / stride, C]``."""
-    B, U, L, C = x.shape
-    return x.view(B, U, stride, L // stride, C).amax(dim=2)
+def pool_level(x: torch.Tensor, stride: int, reduce: str = "amax") -> torch.Tensor:
+    """Pool the finest remaining level: ``[..., L, C]`` to ``[..., L / stride, C]`` (max, or ``reduce="mean"``).
+
+    In the unrolled layout the finest level is the outermost axis inside a unit, so this is a max-pool of the spatial
+    grid done by a reshape; it serves the tokens ``[B, #MU, L, C]`` of a block's skip path and the queries
+    ``[batch, heads, units, L, d]`` of attention alike.
+    """
+    if stride == 1:
+        return x
+    pooled = x.unflatten(-2, (stride, x.shape[-2] // stride))  # [..., stride, L / stride, C]
+    if reduce == "amax":
+        return pooled.amax(dim=-3)
+    if reduce == "mean":
+        return pooled.mean(dim=-3)
+    raise ValueError(f"reduce must be 'amax' or 'mean', got {reduce!r}")
 
 
 def windows_to_grid(x: torch.Tensor, num_units: Shape) -> torch.Tensor:
@@ -118,3 +129,23 @@ def visible_order(visible: torch.Tensor, keep: int | None = None) -> torch.Tenso
             torch._check(keep >= 2)
             torch._check(keep <= visible.shape[1])
     return torch.argsort((~visible).to(torch.uint8), dim=1, stable=True)[:, :keep]  # visible first, stable
+
+
+def gather_units(x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """Keep the visible units (or patches) of ``[B, N, ...]``, in order: ``[B, #visible, ...]``.
+
+    A gather with the same count in every sample (:func:`visible_order`), never boolean indexing, so no shape
+    depends on the mask's values. Deletes the hidden units from a sparse encoder's input.
+    """
+    order = visible_order(visible)  # [B, keep]
+    index = order.view(*order.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
+    return torch.gather(x, 1, index)  # [B, keep, ...]
+
+
+def scatter_units(fill: torch.Tensor, x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`gather_units`: ``x`` ``[B, #visible, ...]`` put back at the visible positions of a
+    ``[B, N, ...]`` tensor whose hidden positions hold ``fill`` (broadcast to ``[B, N, ...]``, e.g. a mask token)."""
+    B, N = visible.shape
+    order = visible_order(visible, x.shape[1])  # [B, keep]
+    index = order.view(B, -1, *([1] * (x.dim() - 2))).expand_as(x)
+    return fill.expand(B, N, *x.shape[2:]).scatter(1, index, x)  # [B, N, ...]

@@ -22,7 +22,6 @@ Checkpoint-compatible with yitu-opensource/T2T-ViT (``tokens_to_token.*``, ``blo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -110,12 +109,6 @@ class T2TViT(ViTBackbone):
         super().__init__(
             grid_size=grid, in_chans=in_chans, num_classes=num_classes, embed_dim=embed_dim, depth=depth,
             num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, pos_embed="sinusoid",
-            global_pool=global_pool, drop_path_rate=drop_path_rate, head_dropout=head_dropout, norm_eps=norm_eps,
-        )
-        self.config: dict[str, Any] = dict(
-            img_size=img_size if isinstance(img_size, int) else list(size), tokens_type=tokens_type,
-            in_chans=in_chans, num_classes=num_classes, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-            mlp_ratio=mlp_ratio, token_dim=token_dim, t2t_dropout=t2t_dropout, qkv_bias=qkv_bias, qk_scale=qk_scale,
             global_pool=global_pool, drop_path_rate=drop_path_rate, head_dropout=head_dropout, norm_eps=norm_eps,
         )
         self.patch_size = 16  # the token stride, for MAE targets and feature maps

@@ -15,15 +15,17 @@ Choices, on purpose:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..layers import Block, PatchEmbed
 from ..layers import pos_embed as pe
-from .checkpoint import PretrainedMixin
+from .base import PretrainedMixin, take_indices
+
+log = logging.getLogger(__name__)
 
 
 def _pair(x: int | Sequence[int]) -> tuple[int, int]:
@@ -127,6 +129,14 @@ class ViTBackbone(PretrainedMixin, nn.Module):
         grid = pe.resample_grid(table[:, 1:].reshape(1, side, side, C), self.grid_size)  # [1, H0, W0, C]
         return torch.cat([table[:, :1], grid.flatten(1, 2)], dim=1)  # [1, 1 + H0*W0, C]
 
+    def adapt_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A checkpoint's position table stored for another input size, resampled to this model's grid."""
+        pos = sd.get("pos_embed")
+        if pos is not None and pos.shape != self.pos_embed.shape and pos.shape[-1] == self.pos_embed.shape[-1]:
+            sd["pos_embed"] = self.adapt_pos_embed(pos)
+            log.info("checkpoint: resampled pos_embed to %s tokens", self.grid_size)
+        return sd
+
     def patch_pos_embed(self, grid: Sequence[int]) -> torch.Tensor:
         """The patch rows of the position table for a token grid, ``[1, H', W', C]`` (resampled if not stored)."""
         C = self.pos_embed.shape[-1]
@@ -225,14 +235,7 @@ class ViTBackbone(PretrainedMixin, nn.Module):
         if output_fmt not in ("NCHW", "NHWC", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW', 'NHWC' or 'NLC', got {output_fmt!r}")
         n = len(self.blocks)
-        if indices is None:
-            take = list(range(n))
-        elif isinstance(indices, int):
-            take = list(range(n - indices, n))
-        else:
-            take = [i % n if -n <= i < n else -1 for i in indices]
-        if not take or any(not 0 <= i < n for i in take):
-            raise ValueError(f"indices must name blocks in 0..{n - 1} (or -{n}..-1), or count 1..{n}; got {indices}")
+        take = take_indices(n, indices, "blocks")
         B = x.shape[0]
         H, W = self.token_grid(x)
         x = self._prepend_class_token(self.embed(x))  # [B, 1 + N, C]
@@ -279,13 +282,6 @@ class VisionTransformer(ViTBackbone):
             embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
             pos_embed=pos_embed, global_pool=global_pool, drop_path_rate=drop_path_rate, head_dropout=head_dropout,
             norm_eps=norm_eps,
-        )
-        # Plain data, so the config serialises into checkpoints (save_pretrained) and presets.
-        self.config: dict[str, Any] = dict(
-            img_size=img_size if isinstance(img_size, int) else list(size), patch_size=patch_size,
-            in_chans=in_chans, num_classes=num_classes, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-            mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, pos_embed=pos_embed, global_pool=global_pool,
-            drop_path_rate=drop_path_rate, head_dropout=head_dropout, norm_eps=norm_eps,
         )
         self.patch_size = patch_size
         self.patch_embed = PatchEmbed(in_chans, embed_dim, (patch_size,) * 2, (patch_size,) * 2, (0, 0))

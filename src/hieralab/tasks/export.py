@@ -18,6 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import files
+from ..models.checkpoint import from_pretrained
+from ..models.factory import create_model
+
 log = logging.getLogger(__name__)
 
 
@@ -40,16 +44,11 @@ def example_input(model: nn.Module, batch: int, img_size: int | None = None, fra
 
 def load_model(source: str, checkpoint: str | None = None, **overrides: Any) -> nn.Module:
     """A ``save_pretrained`` / classifier folder, or a registered name (with ``checkpoint`` weights)."""
-    from ..models.checkpoint import from_pretrained
-    from ..models.registry import create_model
-
     path = Path(source).expanduser()
     if (path / "best" / "config.json").exists():
         path = path / "best"
-    if (path / "config.json").exists():
+    if path.exists():  # a folder: from_pretrained names the save_pretrained folders inside a run folder
         return from_pretrained(path, **overrides).eval()
-    if path.exists():
-        raise FileNotFoundError(f"{path} has no config.json: export a save_pretrained folder or a model name")
     return create_model(source, checkpoint=checkpoint, **overrides).eval()
 
 
@@ -97,6 +96,7 @@ def run(source: str, out: str, *, checkpoint: str | None = None, batch: int = 1,
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.stem}.", suffix=out_path.suffix)
     os.close(fd)
+    files.chmod_like_open(tmp)
     try:
         (_onnx if kind == "onnx" else _pt2)(model, x, tmp, dynamic_batch)
         result: dict[str, Any] = {"out": str(out_path), "format": kind, "input_shape": list(x.shape),

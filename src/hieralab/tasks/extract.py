@@ -8,7 +8,6 @@ or ``--knn-train FOLDER``) and reports the weighted k-NN top-1 of the extracted 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,12 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from .. import files
 from ..data.pipeline import build_dataset
 from ..data.transforms import eval_transform
 from ..data.video import video_eval_transform
-from ..models.checkpoint import atomic_write
-from .evaluate import predict_logits
-from .features import dataset_features, knn_classify, load_encoder, stage_features
+from ..engine.artifacts import load_encoder
+from ..engine.evaluate import dataset_features, knn_classify, predict_logits, stage_features
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ def write_features(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """``.safetensors`` with every tensor, or ``.npy`` with the features (labels in ``<stem>.labels.npy``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
-        atomic_write(path, lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, p))
+        files.atomic_write(path, lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, p))
     elif path.suffix == ".npy":
         if "features" not in tensors:
             raise ValueError("per-stage maps go to a .safetensors file (several arrays); use --out NAME.safetensors")
@@ -42,8 +41,8 @@ def write_features(path: Path, tensors: dict[str, torch.Tensor]) -> None:
                     np.save(f, array)
             return write
 
-        atomic_write(path, save_npy(tensors["features"].numpy()))
-        atomic_write(path.with_name(path.stem + ".labels.npy"), save_npy(tensors["labels"].numpy()))
+        files.atomic_write(path, save_npy(tensors["features"].numpy()))
+        files.atomic_write(path.with_name(path.stem + ".labels.npy"), save_npy(tensors["labels"].numpy()))
     else:
         raise ValueError(f"--out {path}: use a .safetensors or .npy file name")
 
@@ -95,6 +94,5 @@ def run(*, model: str, init: str | None, source: str, split: str, out: str, img_
         summary["knn_top1"] = 100 * (scores.argmax(1) == labels).float().mean().item()
         summary["knn_k"] = k
         log.info("k-NN (k=%d) top-1: %.2f %%", k, summary["knn_top1"])
-    atomic_write(out_path.with_name(out_path.stem + ".json"),
-                 lambda p: Path(p).write_text(json.dumps(summary, indent=2) + "\n"))
+    files.write_json(out_path.with_name(out_path.stem + ".json"), summary)
     return summary

@@ -1,0 +1,161 @@
+"""What runs leave behind, and reading it back: the folders a task's ``init`` / ``checkpoint`` arguments point at.
+
+* a pretrain run: ``model/`` (the MAE), ``encoder/`` (the encoder alone), ``checkpoints/``, ``config.yaml``;
+* a fine-tuning run: ``best/`` and ``last/``, each a classifier (``save_pretrained`` + ``classifier.json``: class
+  names and the preprocessing it was trained with);
+* any ``save_pretrained`` folder, or an official / timm / T2T-ViT weights file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError
+from ..models import registry
+from ..models.checkpoint import from_pretrained, load_checkpoint, read_config, save_pretrained
+from ..models.factory import create_model
+from . import checkpoints
+
+log = logging.getLogger(__name__)
+CLASSIFIER_NAME = "classifier.json"
+
+
+def resolve_weights(init: str | Path) -> Path:
+    """What an ``init`` points at: a pretrain run means its ``encoder/``, a fine-tuning run its ``best/``, anything
+    else (a ``save_pretrained`` folder, a weights file) itself."""
+    path = Path(init).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"init={init}: no such file or folder (a pretrain run, a save_pretrained folder or a "
+                                "checkpoint file)")
+    for inner in ("encoder", "best"):
+        if (path / inner / "config.json").exists() and not (path / "config.json").exists():
+            return path / inner
+    return path
+
+
+def saved_arguments(path: Path, model: str) -> dict[str, Any]:
+    """The constructor arguments saved with ``path`` (a ``save_pretrained`` folder) when it holds ``model``, so
+    that e.g. a small-width encoder is rebuilt at its width; without those a new run sets (head, drop path)."""
+    if not (path / "config.json").exists():
+        return {}
+    meta = read_config(path)
+    if meta.get("model_name") != model:
+        return {}
+    return {k: v for k, v in meta["config"].items() if k not in ("num_classes", "drop_path_rate")}
+
+
+def is_video_model(name: str, model_args: dict[str, Any]) -> bool:
+    """Whether ``name`` (with ``model_args``) takes clips ``[B, C, T, H, W]``."""
+    return len({**registry.model_config(name), **model_args}.get("input_size", ())) == 3
+
+
+def load_encoder(model: str, init: str | None = None, **model_args: Any) -> nn.Module:
+    """A feature extractor (no head, eval mode, no gradients) with the weights of ``init``."""
+    if model.startswith("mae_"):
+        raise ValueError(f"{model} is an MAE model; name its encoder ({model.removeprefix('mae_')}) and pass the "
+                         "pretrain run as init")
+    path = resolve_weights(init) if init else None
+    encoder = create_model(model, **{**(saved_arguments(path, model) if path else {}), **model_args,
+                                     "num_classes": 0})
+    if path:
+        load_checkpoint(encoder, path)
+    return encoder.eval().requires_grad_(False)
+
+
+def save_classifier(model: nn.Module, name: str, meta: dict[str, Any], folder: Path) -> None:
+    """``save_pretrained`` + ``classifier.json`` (``classes``, ``mean``, ``std``, ``img_size``, ...)."""
+    model.model_name = name
+    save_pretrained(model, folder, extra={CLASSIFIER_NAME: meta})
+
+
+def classifier_dir(path: str | Path) -> Path:
+    """A folder written by :func:`save_classifier`; a fine-tuning run folder means its ``best/``."""
+    path = Path(path).expanduser()
+    if (path / "best" / CLASSIFIER_NAME).exists():
+        path = path / "best"
+    if not (path / CLASSIFIER_NAME).exists():
+        raise FileNotFoundError(f"{path} is not a classifier folder (config.json, model.safetensors and "
+                                f"{CLASSIFIER_NAME}, as finetune writes in best/ and last/)")
+    return path
+
+
+def load_classifier(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """``(model in eval mode, meta)`` from :func:`classifier_dir` ``(path)``."""
+    path = classifier_dir(path)
+    model = from_pretrained(path).eval()
+    try:
+        meta = json.loads((path / CLASSIFIER_NAME).read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path / CLASSIFIER_NAME} is not valid JSON ({e})") from None
+    if len(meta.get("classes", [])) != model.num_classes:
+        raise CheckpointError(f"{path / CLASSIFIER_NAME} names {len(meta.get('classes', []))} classes, the model has "
+                              f"{model.num_classes}")
+    return model, meta
+
+
+def run_config(path: Path) -> dict[str, Any]:
+    """A run folder's resolved ``config.yaml`` (empty when there is none)."""
+    try:
+        data = yaml.safe_load((path / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def load_mae(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """An MAE from a pretraining run folder (its ``model/``, else its newest checkpoint) or a ``save_pretrained``
+    folder; also returns the run's config (empty if there is none)."""
+    path = Path(path).expanduser()
+    run_cfg = run_config(path)
+    if (path / "model" / "config.json").exists():
+        return from_pretrained(path / "model"), run_cfg
+    if (path / "config.json").exists():
+        return from_pretrained(path), run_cfg
+    last = checkpoints.latest(path / "checkpoints")
+    if last is None or not run_cfg:
+        raise FileNotFoundError(f"{path} is neither a pretraining run folder nor a save_pretrained folder")
+    name = run_cfg.get("model", "")
+    if name not in registry.list_models() or not getattr(registry.model_class(name), "is_mae", False):
+        raise CheckpointError(f"{path} is a run of {name or 'an unknown model'}, not an MAE pretraining run; pass a "
+                              "pretrain run folder or an MAE's save_pretrained folder")
+    model = create_model(name, **run_cfg.get("model_args", {}))
+    checkpoints.load(last, model)
+    return model, run_cfg
+
+
+def check_model(name: str, args: dict[str, Any], *, mae: bool) -> None:
+    """``model`` and ``model_args`` checked before anything is built: a registered name of the right kind (an MAE
+    for pretraining, an encoder otherwise) and constructor overrides its signature takes, with values of the right
+    type; a :class:`ConfigError` listing every problem."""
+    try:
+        registry.check_name(name)
+    except KeyError as e:
+        raise ConfigError([f"model={name!r}: {e.args[0]}"]) from None
+    is_mae = getattr(registry.model_class(name), "is_mae", False)
+    if mae and not is_mae:
+        raise ConfigError([f"model={name!r} is not an MAE model; pretrain takes mae_* names (hieralab list 'mae_*')"])
+    if not mae and is_mae:
+        raise ConfigError([f"model={name!r} is an MAE model; name its encoder ({name.removeprefix('mae_')}) and "
+                           "pass the pretrain run as init"])
+    problems = registry.check_args(name, args)
+    if problems:
+        raise ConfigError(problems)
+
+
+def requested_channels(name: str, model_args: dict[str, Any], init: Path | None) -> int | None:
+    """The input channels a model must have regardless of the data: ``model_args.in_chans``, else those its
+    ``init`` was saved with (a ``save_pretrained`` folder) or its registered ones (a weights file); None when the
+    data may decide."""
+    if "in_chans" in model_args:
+        return model_args["in_chans"]
+    if init is None:
+        return None
+    if (init / "config.json").exists():
+        return read_config(init)["config"].get("in_chans")
+    return registry.model_config(name).get("in_chans", 3)

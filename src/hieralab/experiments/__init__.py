@@ -1,0 +1,1 @@
+"""Experiments that compose tasks (they sit above ``tasks/``, which never import each other): ``study``."""
