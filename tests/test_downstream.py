@@ -4,6 +4,7 @@ extract and k-NN. Tiny models on images the tests draw themselves."""
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,17 +12,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import MAE_TINY, draw_images
 from safetensors.torch import load_file
 
 import hieralab
-from conftest import MAE_TINY, draw_images
+import hieralab.tasks.evaluate
 from hieralab.cli import main
-from hieralab.config import FinetuneConfig, PretrainConfig, load_config
+from hieralab.config import FinetuneConfig, LinprobeConfig, PretrainConfig, load_config
+from hieralab.engine.evaluate import (
+    classification_metrics,
+    confusion_matrix,
+    knn_classify,
+)
 from hieralab.engine.optim import build_adamw
-from hieralab.tasks import finetune, pretrain
-from hieralab.config import LinprobeConfig
-from hieralab.engine.evaluate import classification_metrics, confusion_matrix, knn_classify
 from hieralab.engine.trainer import Trainer
+from hieralab.tasks import finetune, pretrain
 from hieralab.tasks.evaluate import eval_folder_name
 from hieralab.tasks.finetune import freeze_all_but_last_blocks
 from hieralab.tasks.linprobe import fit_probes
@@ -273,3 +278,35 @@ def test_evaluations_of_different_data_write_to_different_folders(tmp_path):
              eval_folder_name(str(a), "test", (5, 3))]
     assert len(set(names)) == 5 and names[0].startswith("eval-photos-") and names[2] == "eval-fashion-mnist-test"
     assert eval_folder_name(str(a) + "/", "test") == names[0]  # the same data, the same folder
+
+
+def test_predict_many_files_and_folders_writes_a_csv(tmp_path, images, capsys):
+    run_ft(ft_args(tmp_path / "ft", images, "max_steps=1"))
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "broken.png").write_bytes(b"not an image")
+    shutil.copyfile(images / "boxes" / "000.png", tmp_path / "more" / "copy.png")
+    assert main(["predict", str(images / "circles"), str(tmp_path / "more"), "--checkpoint", str(tmp_path / "ft"),
+                 "--topk", "2", "--batch-size", "5"]) == 0
+    out = capsys.readouterr().out
+    written = Path(out.strip().splitlines()[-1].split(" to ")[1].split(" (")[0])
+    assert written.parent == tmp_path / "ft" / "best" and "(1 unreadable)" in out
+    rows = list(csv.DictReader(written.open()))
+    assert len(rows) == 24 + 2 and rows[0].keys() == {"file", "label_1", "p_1", "label_2", "p_2", "error"}
+    bad = [r for r in rows if r["error"]]
+    assert [Path(r["file"]).name for r in bad] == ["broken.png"] and "UnidentifiedImageError" in bad[0]["error"]
+    good = [r for r in rows if not r["error"]]
+    assert all(r["label_1"] in ("boxes", "circles") and float(r["p_1"]) >= float(r["p_2"]) for r in good)
+    one = hieralab.tasks.evaluate.predict_image(str(tmp_path / "ft"), str(tmp_path / "more" / "copy.png"), topk=2)
+    row = next(r for r in good if r["file"].endswith("copy.png"))
+    assert one[0] == (row["label_1"], float(row["p_1"]))  # batched or alone, the same answer
+
+
+def test_small_data_with_the_imagenet_recipe_is_warned_about(tmp_path, images):
+    from hieralab.tasks.finetune import warn_if_underfitting
+
+    default = load_config(FinetuneConfig, None, [])
+    message = warn_if_underfitting(default, 120, 1, 1, mixing=True)
+    assert "120 training images" in message and "optimizer steps" in message and "finetune_small" in message
+    small = load_config(FinetuneConfig, "finetune_small", [])
+    assert warn_if_underfitting(small, 120, 1, 1, mixing=small.aug.mixup > 0) is None
+    assert warn_if_underfitting(default, 60_000, 1, 1, mixing=True) is None  # large data: the recipe's own case

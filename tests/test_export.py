@@ -2,6 +2,8 @@
 toy sizes, with a fixed or a dynamic batch."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -66,3 +68,40 @@ def test_cli_export_and_errors(tmp_path, capsys):
     assert main(["export", str(folder), "--out", str(tmp_path / "w.onnx"), "--img-size", "30"]) == 1
     assert "multiple of the patch size" in capsys.readouterr().err and not (tmp_path / "w.onnx").exists()
     assert json.loads((folder / "config.json").read_text())["model_name"] == "vit_mini_patch4_32"
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_the_readme_runs_an_exported_file_copied_alone_with_only_its_metadata(tmp_path, capsys):
+    from conftest import draw_images
+    from hieralab.config import FinetuneConfig, load_config
+    from hieralab.data.images import load_image
+    from hieralab.data.transforms import eval_transform
+    from hieralab.engine.artifacts import load_classifier
+    from hieralab.tasks import finetune
+
+    images = draw_images(tmp_path / "images", n=16)  # 40 x 36 px: the resize and the crop both act
+    run = tmp_path / "ft"
+    finetune.run(load_config(FinetuneConfig, None, [
+        "model=hiera_mini_32", "model_args.embed_dim=16", "model_args.num_heads=1", "model_args.stages=[1,1,1]",
+        f"data.source={images}", "data.num_workers=0", "optim.batch_size=4", "max_steps=2", f"out_dir={run}"]))
+    out = tmp_path / "export" / "clf.onnx"
+    for _ in range(2):  # a re-export replaces the file and leaves nothing else behind
+        assert main(["export", str(run), "--out", str(out)]) == 0
+        assert sorted(p.name for p in out.parent.iterdir()) == ["clf.onnx"]
+    alone = tmp_path / "elsewhere" / "clf.onnx"
+    alone.parent.mkdir()
+    shutil.copyfile(out, alone)
+    block = README.read_text().split("<!-- onnx-example -->", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    image = images / "boxes" / "000.png"
+    code = (block.replace("runs/finetune/best/classifier.json", str(run / "best" / "classifier.json"))
+            .replace("shoe.png", str(image)).replace('"clf.onnx"', f'"{alone}"'))
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    model, meta = load_classifier(run)
+    x = eval_transform(meta["img_size"], meta["mean"], meta["std"], channels=model.in_chans)(load_image(image))
+    with torch.no_grad():
+        expected = model(x[None])[0]
+    torch.testing.assert_close(torch.from_numpy(namespace["logits"]), expected, atol=1e-4, rtol=0)
+    assert "boxes" in capsys.readouterr().out

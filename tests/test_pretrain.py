@@ -192,7 +192,12 @@ def test_cli_pretrain_and_reconstruct(tmp_path, images, capsys):
     pics = sorted((tmp_path / "pics").glob("recon_*.png"))
     assert len(pics) == 3
     w, h = Image.open(pics[0]).size
-    assert w > 3 * h  # four panels side by side
+    assert w > 2.5 * h  # four titled panels side by side
+    index = json.loads((tmp_path / "pics" / "reconstructions.json").read_text())
+    assert [e["label"] for e in index["images"]] == ["boxes", "circles", "boxes"]  # the classes in turn
+    assert index["columns"][0] == "original" and "hidden" in index["title"]
+    ow, oh = Image.open(tmp_path / "pics" / "overview.png").size
+    assert oh > 2 * h and abs(ow - w) < 0.1 * w  # three rows of the same four columns
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -154,10 +154,14 @@ def test_cli_video_mae_pretrain_and_reconstruct(tmp_path, clips, capsys):
     assert summary["steps"] == 2 and summary["skipped_images"] >= 1
     gif = Image.open(run / "reconstructions" / "recon_000.gif")
     assert gif.n_frames == 4  # 8 frames, one label frame per 2-frame token
-    strip = Image.open(run / "reconstructions" / "recon_000.png")
-    assert strip.size == (4 * 98 + 2, 4 * 98 + 2)  # 4 label frames across, 4 panels down, each 96 px + padding
+    index = json.loads((run / "reconstructions" / "reconstructions.json").read_text())
+    assert {e["label"].split(":")[0] for e in index["images"]} == {"left", "right"}  # spread over the classes
+    assert (run / "reconstructions" / "overview.png").exists()  # every clip at its middle frame
+    w, h = Image.open(run / "reconstructions" / index["images"][0]["file"]).size
+    assert 0.7 < w / h < 1.5  # 4 labelled frames across, the 4 panels down
     assert main(["reconstruct", str(run), "--num", "1", "--out", str(tmp_path / "again")]) == 0
-    assert (tmp_path / "again" / "recon_000.gif").exists()
+    assert (tmp_path / "again" / "recon_000.gif").exists() and (tmp_path / "again" / "overview.png").exists()
+    assert "overview.png" in capsys.readouterr().out
 
 
 def test_multiview_scores_average_the_views_probabilities():

@@ -58,7 +58,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     summary = pretrain.run(cfg, **_run_options(args))
     if "model" in summary:  # the main process
         print(f"\npretrained {cfg.model} for {summary['steps']} steps in {summary['seconds']:.0f} s "
-              f"({summary['images_per_s']:.0f} images/s), final loss {summary['final_loss']:.4f}")
+              f"({summary['images_per_s']:.0f} images/s), final loss {summary['final_loss']:.4f}"
+              + (f" (running mean {summary['loss_running_mean']:.4f})" if summary.get("loss_running_mean") else ""))
         for key in ("model", "encoder", "curve", "reconstructions"):
             if key in summary:
                 print(f"  {key:16s} {summary[key]}")
@@ -103,8 +104,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    for label, p in evaluate.predict_image(args.checkpoint, args.image, topk=args.topk):
-        print(f"{p:7.2%}  {label}")
+    rows = evaluate.predict_files(args.checkpoint, args.images, topk=args.topk, batch_size=args.batch_size)
+    if len(rows) == 1 and not args.csv:  # one image: its top-k, one per line
+        if "error" in rows[0]:
+            raise ValueError(f"{rows[0]['file']} is not a readable image file ({rows[0]['error']})")
+        for label, p in rows[0]["top"]:
+            print(f"{p:7.2%}  {label}")
+        return 0
+    for r in rows[:20]:
+        shown = r["error"] if "error" in r else ", ".join(f"{label} {p:.1%}" for label, p in r["top"][:3])
+        print(f"{r['file']}: {shown}")
+    if len(rows) > 20:
+        print(f"... and {len(rows) - 20} more")
+    path = Path(args.csv) if args.csv else (evaluate.classifier_dir(args.checkpoint) /
+                                           f"predict-{evaluate.data_tag(args.images)}.csv")
+    evaluate.write_predictions(rows, path, min(args.topk, len(rows[0].get("top", [])) or args.topk))
+    bad = sum("error" in r for r in rows)
+    print(f"wrote the top-{args.topk} of {len(rows)} files to {path}" + (f" ({bad} unreadable)" if bad else ""))
     return 0
 
 
@@ -291,10 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spatial-views", type=int, default=1, help="video: crops per clip along the long side (3)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="top-5 labels of a classifier for one image")
-    p.add_argument("image", help="an image file")
+    p = sub.add_parser("predict", help="top-k labels of a classifier for images: files or folders, batched")
+    p.add_argument("images", nargs="+", help="image files and / or folders of images")
     p.add_argument("--checkpoint", required=True, help="a finetune run folder or its best/ or last/ folder")
     p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--csv", help="write the top-k of every file here (default for several files: "
+                                 "<classifier>/predict-<name of the inputs>.csv)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("extract", help="an encoder's features of a dataset to .safetensors / .npy, and a k-NN "

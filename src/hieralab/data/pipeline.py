@@ -45,6 +45,31 @@ def build_dataset(source: str, split: str = "train", limit: int | None = None, *
     return ds, mean, std, classes
 
 
+def item_labels(dataset) -> list[int]:
+    """The label of every item, read without loading the images or clips (-1 where a folder is flat)."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        inner = item_labels(dataset.dataset)
+        return [inner[i] for i in dataset.indices]
+    if isinstance(dataset, fashion_mnist.FashionMNIST):
+        return dataset.targets.tolist()
+    if isinstance(dataset, ImageFiles):
+        return [label for _, label in dataset.samples]
+    if isinstance(dataset, VideoClips):
+        return [label for _, label in dataset.items]
+    return [dataset[i][1] for i in range(len(dataset))]
+
+
+def spread_over_classes(labels: Sequence[int], count: int) -> list[int]:
+    """``count`` item indices taking the classes in turn (the first item of each class, then the second, ...), so
+    a handful of pictures shows every class rather than the first folder's."""
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    queues = [by_class[c] for c in sorted(by_class)]
+    order = [q[k] for k in range(max(map(len, queues), default=0)) for q in queues if k < len(q)]
+    return order[:count]
+
+
 def data_channels(dataset) -> int:
     """The channels the data has: 1 for Fashion-MNIST and folders of grey images, 3 for colour images and video."""
     while isinstance(dataset, torch.utils.data.Subset):

@@ -31,16 +31,29 @@ def random_crop_flip(img_size: int, scale: Sequence[float], hflip: bool) -> list
     return [Seeded("crop", crop), *([Seeded("flip", v2.RandomHorizontalFlip())] if hflip else [])]
 
 
+def preprocessing(img_size: int, mean: Sequence[float], std: Sequence[float], *, channels: int = 3,
+                  crop_pct: float = 1.0) -> dict:
+    """The evaluation preprocessing as plain data (what ``classifier.json`` carries, so a deployment needs nothing
+    else): convert to ``"L"`` / ``"RGB"``, resize the short side to ``resize`` (the long side to
+    ``int(long * resize / short)``) with PIL's bicubic filter, centre-crop ``crop`` x ``crop`` (offsets
+    ``round((side - crop) / 2)``), scale to 0..1, subtract ``mean`` and divide by ``std`` per channel, NCHW."""
+    return {"convert": "L" if channels == 1 else "RGB", "resize": int(round(img_size / crop_pct)),
+            "interpolation": "bicubic", "crop": img_size, "scale": 1 / 255, "mean": list(mean)[:channels],
+            "std": list(std)[:channels], "layout": "NCHW"}
+
+
 def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], *, channels: int = 3,
                    crop_pct: float = 1.0) -> v2.Compose:
-    """Resize the short side to ``img_size / crop_pct``, centre-crop ``img_size``, normalise."""
+    """:func:`preprocessing` as a transform: the PIL steps on the PIL image (so PIL alone reproduces them), then
+    to a normalised float tensor."""
+    pre = preprocessing(img_size, mean, std, channels=channels, crop_pct=crop_pct)
     return v2.Compose([
+        v2.Grayscale(1) if pre["convert"] == "L" else v2.RGB(),
+        v2.Resize(pre["resize"], interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.CenterCrop(pre["crop"]),
         v2.ToImage(),
-        v2.Grayscale(channels) if channels != 3 else v2.RGB(),
-        v2.Resize(int(round(img_size / crop_pct)), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        v2.CenterCrop(img_size),
         v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(mean)[:channels], list(std)[:channels]),
+        v2.Normalize(pre["mean"], pre["std"]),
     ])
 
 

@@ -409,7 +409,8 @@ class Trainer:
                 with self.writing(f"{self.dir}/tb"):
                     run_log.close()
         total = trained()  # seconds and images/s of the whole run, resumed sessions included
-        return {"steps": step, "final_loss": loss_value, "seconds": round(total["seconds"], 2),
+        return {"steps": step, "final_loss": loss_value, "loss_running_mean": health.ema,
+                "seconds": round(total["seconds"], 2),
                 "images_per_s": round(total["samples"] / max(total["seconds"], 1e-9), 1),
                 "skipped_images": skipped_total,
                 "unreadable": self._unreadable[:SHOW_UNREADABLE]}

@@ -9,16 +9,19 @@ never overwrite each other.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import UnidentifiedImageError
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .. import files
-from ..data.images import load_image
+from ..data.images import Unreadable, load_image
 from ..data.pipeline import build_dataset
 from ..data.transforms import eval_transform
 from ..data.video import video_eval_transform
@@ -30,14 +33,17 @@ from ..viz.figures import plot_confusion
 log = logging.getLogger(__name__)
 
 
+def data_tag(sources: list[str]) -> str:
+    """A name for outputs about some data: ``<first name>-<hash of the absolute paths>``, so that folders of the
+    same name in different places never share their results."""
+    paths = [str(Path(x).expanduser().resolve()) for x in sources]
+    return f"{Path(paths[0]).stem or 'data'}-{hashlib.sha1(chr(0).join(paths).encode()).hexdigest()[:8]}"
+
+
 def eval_folder_name(source: str, split: str, views: tuple[int, int] | None = None) -> str:
-    """``eval-fashion-mnist-test``, or for a folder ``eval-<name>-<hash of its absolute path>`` (two folders of the
-    same name elsewhere do not collide); video views add ``-views5x3``."""
-    if source == "fashion-mnist":
-        name = f"eval-fashion-mnist-{split}"
-    else:
-        path = Path(source).expanduser().resolve()
-        name = f"eval-{path.stem or 'data'}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+    """``eval-fashion-mnist-test``, or for a folder ``eval-<name>-<hash>`` (:func:`data_tag`); video views add
+    ``-views5x3``."""
+    name = f"eval-fashion-mnist-{split}" if source == "fashion-mnist" else f"eval-{data_tag([source])}"
     return name + (f"-views{views[0]}x{views[1]}" if views and views != (1, 1) else "")
 
 
@@ -77,16 +83,77 @@ def run_eval(checkpoint: str, *, source: str = "fashion-mnist", split: str = "te
     return metrics
 
 
+def image_files(inputs: list[str]) -> list[Path]:
+    """Image files named directly or found in folders (recursively, in sorted order); a missing path is an
+    error naming it."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS
+                            and not p.name.startswith("."))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    if not found:
+        raise DataError(f"no image files in {', '.join(inputs)}")
+    return found
+
+
+class _Files(torch.utils.data.Dataset):
+    """Image files as ``(PIL image | Unreadable, index)``."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return load_image(self.paths[i]), i
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            return Unreadable.of(self.paths[i], e), i
+
+
+def predict_files(checkpoint: str, inputs: list[str], *, topk: int = 5, batch_size: int = 64,
+                  device: str = "cpu") -> list[dict[str, Any]]:
+    """The top-k ``(label, probability)`` of every image in ``inputs`` (files and folders), batched: one row per
+    file, ``{"file", "top": [(label, p), ...]}`` or ``{"file", "error"}`` for an unreadable one."""
+    model, meta = load_classifier(checkpoint)
+    model.to(device)
+    classes, paths = meta["classes"], image_files(inputs)
+    tf = eval_transform(meta["img_size"], meta["mean"], meta["std"], channels=model.in_chans)
+    k = min(topk, len(classes))
+    rows: list[dict[str, Any]] = [{"file": str(p), "error": "unreadable"} for p in paths]
+    scores, index = predict_logits(model, _Files(paths), tf, device=device, batch_size=batch_size,
+                                   desc="predict" if len(paths) > batch_size else None)
+    probs, top = scores.softmax(-1).topk(k, dim=1)
+    for row_p, row_i, i in zip(probs.tolist(), top.tolist(), index.tolist()):
+        rows[i] = {"file": str(paths[i]), "top": [(classes[j], round(v, 4)) for v, j in zip(row_p, row_i)]}
+    for i, row in enumerate(rows):  # the few files that could not be read: why
+        if "error" in row and isinstance(bad := _Files(paths)[i][0], Unreadable):
+            row["error"] = bad.reason
+    return rows
+
+
+def write_predictions(rows: list[dict[str, Any]], path: Path, topk: int) -> Path:
+    """``file, label_1, p_1, ..., label_k, p_k, error`` per file, as CSV (atomically)."""
+    header = ["file"] + [f"{kind}_{i}" for i in range(1, topk + 1) for kind in ("label", "p")] + ["error"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for r in rows:
+        cells = [x for label, p in r.get("top", []) for x in (label, p)]
+        w.writerow([r["file"], *cells, *[""] * (2 * topk - len(cells)), r.get("error", "")])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return files.write_text(path, buf.getvalue())
+
+
 def predict_image(checkpoint: str, image: str, *, topk: int = 5) -> list[tuple[str, float]]:
     """The top-k ``(label, probability)`` for one image file."""
-    model, meta = load_classifier(checkpoint)
-    classes = meta["classes"]
-    try:
-        pil = load_image(image)
-    except (OSError, UnidentifiedImageError):
-        raise DataError(f"{image} is not a readable image file") from None
-    x = eval_transform(meta["img_size"], meta["mean"], meta["std"], channels=model.in_chans)(pil)[None]
-    with torch.no_grad():
-        probs = model(x).softmax(-1)[0]
-    p, i = probs.topk(min(topk, len(classes)))
-    return [(classes[j], round(v, 4)) for v, j in zip(p.tolist(), i.tolist())]
+    [row] = predict_files(checkpoint, [image], topk=topk)
+    if "error" in row:
+        raise DataError(f"{image} is not a readable image file ({row['error']})")
+    return row["top"]

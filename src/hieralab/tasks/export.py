@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +52,18 @@ def load_model(source: str, checkpoint: str | None = None, **overrides: Any) -> 
     return create_model(source, checkpoint=checkpoint, **overrides).eval()
 
 
+PROTOBUF_LIMIT = 2 * 1024**3  # bytes: one ONNX file holds its weights up to this size
+
+
+def needs_external_data(model: nn.Module) -> bool:
+    """Whether the weights are too large to embed in one ONNX file (protobuf's 2 GiB, with a margin)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values()) > 0.9 * PROTOBUF_LIMIT
+
+
 def _onnx(model: nn.Module, x: torch.Tensor, path: str, dynamic: bool) -> None:
     shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic else None
     torch.onnx.export(model, (x,), path, dynamo=True, dynamic_shapes=shapes, input_names=["pixels"],
-                      output_names=["output"], verbose=False)
+                      output_names=["output"], verbose=False, external_data=needs_external_data(model))
 
 
 def _check_onnx(path: str, model: nn.Module, x: torch.Tensor) -> float:
@@ -94,23 +102,33 @@ def run(source: str, out: str, *, checkpoint: str | None = None, batch: int = 1,
     with torch.no_grad():
         model(x)  # a clear error for a bad size before the exporter's long ones
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.stem}.", suffix=out_path.suffix)
-    os.close(fd)
-    files.chmod_like_open(tmp)
+    # Export under the final file name inside a temporary folder: an ONNX file names its external weights file
+    # (only for models over 2 GiB: <name>.onnx.data), and that name must be the one it will have beside it.
+    work = files.temp_dir(out_path.parent, out_path.name)
+    tmp = work / out_path.name
     try:
-        (_onnx if kind == "onnx" else _pt2)(model, x, tmp, dynamic_batch)
+        log.info("exporting %s to %s (torch.export%s)", source, kind, " -> ONNX" if kind == "onnx" else "")
+        (_onnx if kind == "onnx" else _pt2)(model, x, str(tmp), dynamic_batch)
         result: dict[str, Any] = {"out": str(out_path), "format": kind, "input_shape": list(x.shape),
                                   "dynamic_batch": dynamic_batch}
         if check:
             probe = example_input(model, batch + 2 if dynamic_batch else batch, img_size, frames)
-            diff = (_check_onnx if kind == "onnx" else _check_pt2)(tmp, model, probe)
+            log.info("checking the exported file against the eager model (batch %d)", probe.shape[0])
+            diff = (_check_onnx if kind == "onnx" else _check_pt2)(str(tmp), model, probe)
             result.update(max_abs_diff=diff, checked_batch=probe.shape[0])
             if not diff <= atol:
                 raise RuntimeError(f"the exported model differs from the eager one by {diff:.3g} (> {atol:g}); "
                                    "nothing was written")
+        data = out_path.with_name(out_path.name + ".data")
+        for f in work.iterdir():
+            files.chmod_like_open(f)
+        if (work / data.name).exists():  # external weights first, then the file that names them
+            os.replace(work / data.name, data)
+            result["external_data"] = str(data)
+        elif data.exists():  # a self-contained export replaces an older one that kept its weights beside it
+            data.unlink()
         os.replace(tmp, out_path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        shutil.rmtree(work, ignore_errors=True)
     log.info("exported %s to %s", source, out_path)
     return result

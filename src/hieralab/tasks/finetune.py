@@ -26,13 +26,14 @@ from torch import nn
 from .. import seeds
 from ..config import FinetuneConfig
 from ..data.pipeline import SeededSamples, check_repeat_aug, data_channels, labelled_splits, model_channels
-from ..data.transforms import eval_transform, finetune_transform
+from ..data.transforms import eval_transform, finetune_transform, preprocessing
 from ..data.video import video_eval_transform, video_train_transform
 from ..engine import distributed
 from ..engine.artifacts import (check_model, is_video_model, requested_channels, resolve_weights, save_classifier,
                                 saved_arguments)
 from ..engine.evaluate import classification_metrics, predict_logits
 from ..engine.optim import build_adamw
+from ..engine.schedule import Schedule
 from ..engine.trainer import Curve, Job, Trainer, lower_lr_hint
 from ..models.checkpoint import load_checkpoint
 from ..models.factory import create_model
@@ -73,6 +74,30 @@ def build_model(cfg: FinetuneConfig, num_classes: int, in_chans: int | None = No
     return model
 
 
+SMALL_DATA = 10_000  # images: below this, the ImageNet recipe's budget is checked (warn_if_underfitting)
+
+
+def warn_if_underfitting(cfg: FinetuneConfig, images: int, world: int, repeats: int, mixing: bool) -> str | None:
+    """A warning (logged and returned) when a small dataset gets the large-data recipe: few optimizer steps, a
+    batch-scaled lr far below the rest of the recipe's, or mixup / cutmix on a few images per class."""
+    if images >= SMALL_DATA:
+        return None
+    o = cfg.optim
+    schedule = Schedule.build(samples=images, batch_size=o.batch_size, accum_steps=o.accum_steps, world=world,
+                              epochs=cfg.epochs, max_steps=None, base_lr=o.base_lr, warmup_epochs=o.warmup_epochs,
+                              clips_per_sample=repeats)
+    reasons = ([f"only {schedule.total} optimizer steps"] if schedule.total < 300 else []) + \
+              ([f"lr {schedule.lr:.2g} (the batch-scaled rule at batch {o.batch_size * o.accum_steps * world})"]
+               if schedule.lr < 1e-4 else []) + (["mixup / cutmix on"] if mixing else [])
+    if not reasons:
+        return None
+    message = (f"{images} training images with {', '.join(reasons)}: the default (ImageNet) recipe tends to "
+               "underfit this little data; try --preset finetune_small (lr 5e-4 at batch 16, no mixup / cutmix, "
+               "50 epochs) or raise optim.base_lr and epochs")
+    log.warning(message)
+    return message
+
+
 def run(cfg: FinetuneConfig, *, resume: bool = False, **options: Any) -> dict[str, Any]:
     """Train and evaluate; returns the summary (best and last top-1, where things were written)."""
     check_model(cfg.model, cfg.model_args, mae=False)
@@ -86,8 +111,8 @@ def run(cfg: FinetuneConfig, *, resume: bool = False, **options: Any) -> dict[st
         torch.manual_seed(seeds.seed_int(cfg.seed, "init"))  # the initial weights (and a fresh head)
         model = build_model(cfg, len(classes), channels).to(device)
         meta: dict[str, Any] = {"classes": classes, "mean": list(mean), "std": list(std), "img_size": d.img_size,
-                                "resize": d.img_size, "crop": d.img_size, "interpolation": "bicubic",
-                                "channels": model.in_chans}
+                                "channels": model.in_chans,
+                                "preprocess": preprocessing(d.img_size, mean, std, channels=model.in_chans)}
         repeats = check_repeat_aug(d, video)
         if video:  # one crop and flip per clip; RandAugment and erasing are image recipes, not used here
             frames = d.num_frames or model.config["input_size"][0]
@@ -108,6 +133,7 @@ def run(cfg: FinetuneConfig, *, resume: bool = False, **options: Any) -> dict[st
                       num_classes=len(classes)) if mixing else None
         criterion = (SoftTargetCrossEntropy() if mixing else
                      LabelSmoothingCrossEntropy(a.smoothing) if a.smoothing > 0 else nn.CrossEntropyLoss())
+        warn_if_underfitting(cfg, len(train_set), dist.world, repeats, mixing)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log.info("%s: %d train / %d val images, %d classes, %d channels, layer decay %s, %.2fM trainable parameters",
                  cfg.model, len(train_set), len(val_set), len(classes), model.in_chans, cfg.layer_decay,

@@ -3,6 +3,7 @@ for a pretraining run or a ``save_pretrained`` MAE folder, on the run's data or 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -27,6 +28,6 @@ def run(path: str, *, images: str | None = None, split: str | None = None, num: 
     g = torch.Generator().manual_seed(seed)
     paths = reconstruct_source(model, source, split, out_dir, size, num=num, generator=g, mask_ratio=mask_ratio,
                                num_frames=data.get("num_frames"), frame_stride=data.get("frame_stride", 4))
-    files.write_json(out_dir / "reconstructions.json", {"source": source, "split": split, "seed": seed,
-                                                        "images": [p.name for p in paths]})
+    index = json.loads((out_dir / "reconstructions.json").read_text())
+    files.write_json(out_dir / "reconstructions.json", {"source": source, "split": split, "seed": seed, **index})
     return paths

@@ -15,8 +15,10 @@ from .. import files  # noqa: E402
 
 
 def save_figure(fig, path: Path) -> Path:
-    """``tight_layout``, write a PNG atomically, close the figure."""
-    fig.tight_layout()
+    """Lay the figure out (``tight_layout`` unless it was made with a layout engine), write a PNG atomically,
+    close the figure."""
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     files.atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
     return path
