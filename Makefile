@@ -6,9 +6,9 @@ STAMP := $(VENV)/.installed
 
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data test test-all bench demo clean
+.PHONY: setup data ffmpeg test test-all bench demo clean
 
-setup: $(STAMP)
+setup: $(STAMP) ffmpeg
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ data:  # Fashion-MNIST from Debian's packages (no run-time download): the defaul
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y -q dataset-fashion-mnist || { $$SUDO apt-get update -q && \
 	  $$SUDO apt-get install -y -q dataset-fashion-mnist; }; }
+
+ffmpeg:  # the FFmpeg shared libraries torchcodec decodes with (Debian's ffmpeg); without them PyAV decodes instead
+	@ldconfig -p 2>/dev/null | grep -q 'libavcodec\.so' || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q ffmpeg >/dev/null || { $$SUDO apt-get update -q >/dev/null && \
+	  $$SUDO apt-get install -y -q ffmpeg >/dev/null; } || \
+	  echo "could not install Debian's ffmpeg: video decodes with PyAV instead of torchcodec"; }
 
 demo: setup data  # MAE-pretrain a small Hiera on Fashion-MNIST, then write reconstructions and the loss curve
 	$(VENV)/bin/hieralab pretrain --preset mae_hiera_fmnist --resume

@@ -55,6 +55,7 @@ def _seed():
 # A tiny MAE-Hiera (16-d, one block a stage) on the demo's preset: a run takes about a second.
 MAE_TINY = ["model_args.embed_dim=16", "model_args.num_heads=1", "model_args.stages=[1,1,1]",
             "model_args.decoder_embed_dim=32", "model_args.decoder_depth=1", "model_args.decoder_num_heads=2"]
+VIDEO_MAE_TINY = ["model=mae_hiera_mini_8x32", "model_args.in_chans=3", *MAE_TINY]  # a video MAE of that size
 PRESET = "mae_hiera_fmnist"  # what the CLI uses by default, so library and CLI runs are the same runs
 
 

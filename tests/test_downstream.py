@@ -27,7 +27,7 @@ from hieralab.engine.evaluate import (
 from hieralab.engine.optim import build_adamw
 from hieralab.engine.trainer import Trainer
 from hieralab.tasks import finetune, pretrain
-from hieralab.tasks.evaluate import eval_folder_name
+from hieralab.engine.artifacts import eval_folder_name
 from hieralab.tasks.finetune import freeze_all_but_last_blocks
 from hieralab.tasks.linprobe import fit_probes
 

@@ -111,6 +111,20 @@ def test_every_trainable_parameter_gets_a_gradient(name):
     assert out.visible_patches.shape == out.pred.shape[:2]
 
 
+@pytest.mark.parametrize("name", [n for n in hieralab.list_models("mae_*") if "mini" in n or "micro" in n])
+def test_the_step_runs_under_bf16_autocast(name):
+    """amp=auto trains in bf16 on a GPU: the decoder's bf16 tokens go back among fp32 mask tokens (a dtype mismatch
+    once crashed every MAE step there; CPU autocast shows it without a GPU). The loss stays close to fp32's."""
+    model = hieralab.create_model(name)
+    x = torch.randn(2, 3, 8, 32, 32) if "8x32" in name else torch.randn(2, 3, 32, 32)
+    visible = model.random_visible(x, generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, visible)
+    out.loss.backward()
+    assert out.loss.dtype == torch.float32 and math.isfinite(out.loss.item())
+    assert out.loss.item() == pytest.approx(model(x, visible).loss.item(), rel=0.05)
+
+
 @pytest.mark.parametrize("name", ["mae_hiera_mini_32", "mae_vit_mini_patch4_32"])
 def test_masked_patches_change_nothing_in_the_encoder(name):
     """Sparse MAE: the pixels of hidden units must not reach the encoder (they are deleted, not zeroed late)."""

@@ -213,3 +213,64 @@ def test_the_saved_config_is_the_constructors_own_arguments(name):
         assert set(model.config) == set(params)
     assert again.config == model.config
     assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
+IMAGE_ENCODERS = [n for n in hieralab.list_models() if not n.startswith("mae_")
+                  and not getattr(hieralab.models.registry.model_class(n), "is_dense", False)  # dense models wrap these
+                  and len(hieralab.model_config(n).get("input_size", (224, 224))) == 2]
+
+
+def toy_encoder(name: str, **kw):
+    """The same class at one block a stage (Hiera) or one block (ViT, T2T-ViT), and an input it takes."""
+    cfg = hieralab.model_config(name)
+    if "stages" in cfg:
+        model = toy(name, **kw)
+        side = 32 if "mini" in name else 64
+    else:
+        model = hieralab.create_model(name, depth=2, **kw)
+        side = 32 if "mini" in name or "micro" in name else 64 if "t2t" in name else cfg.get("patch_size", 16) * 4
+    return model, torch.randn(2, model.in_chans, side, side)
+
+
+@pytest.mark.parametrize("name", IMAGE_ENCODERS)
+def test_every_image_encoder_has_timms_feature_interface(name):
+    model, x = toy_encoder(name)
+    model.eval()
+    info = model.feature_info
+    assert len(info) == (len(model.stage_ends) if hasattr(model, "stage_ends") else len(model.blocks))
+    assert all(set(i) >= {"num_chs", "reduction", "module"} for i in info)
+    modules = dict(model.named_modules())
+    assert all(i["module"] in modules for i in info)
+    with torch.no_grad():
+        final, maps = model.forward_intermediates(x)
+        torch.testing.assert_close(final, model.forward_features(x))  # the final output is forward_features'
+        features = hieralab.create_model(name, features_only=True, out_indices=[0, -1],
+                                         **({"stages": model.config["stages"]} if "stages" in model.config
+                                            else {"depth": 2}))
+        features.model.load_state_dict(model.state_dict(), strict=False)
+        out = features.eval()(x)
+    assert features.feature_info.channels() == [info[0]["num_chs"], info[-1]["num_chs"]]
+    for m, ch, red in zip(out, features.feature_info.channels(), features.feature_info.reduction()):
+        assert m.shape == (2, ch, x.shape[-2] // red, x.shape[-1] // red)  # NCHW at the stated stride
+    torch.testing.assert_close(out[-1], maps[-1])
+
+
+@pytest.mark.parametrize("name", IMAGE_ENCODERS)
+def test_a_new_head_trains_every_parameter_and_checkpointing_changes_nothing(name):
+    model, x = toy_encoder(name, num_classes=42, drop_path_rate=0.1)
+    model.train()
+    torch.manual_seed(1)
+    plain = model(x)
+    plain.logsumexp(-1).mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert plain.shape == (2, 42)
+    assert set(grads) == {n for n, p in model.named_parameters() if p.requires_grad}  # every parameter
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    torch.manual_seed(1)  # the same drop-path draws
+    again = model(x)
+    again.logsumexp(-1).mean().backward()
+    torch.testing.assert_close(again, plain, atol=1e-5, rtol=0)
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, grads[n], atol=1e-5, rtol=1e-4)

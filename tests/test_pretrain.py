@@ -183,6 +183,80 @@ def test_two_process_ddp_matches_one_process(tmp_path, clean_images):
     assert (tmp_path / "two" / "model" / "model.safetensors").exists()
 
 
+def test_activation_checkpointing_is_one_key_and_changes_no_number(tmp_path, clean_images, monkeypatch):
+    """grad_checkpointing=true recomputes the encoder's and decoder's blocks in the backward pass (drop path's
+    draws replayed): the same losses, bit for bit on the CPU."""
+    from torch.utils import checkpoint as torch_checkpoint
+    from hieralab.models import base
+    calls = []
+    real = torch_checkpoint.checkpoint
+    monkeypatch.setattr(base, "activation_checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    run(args(tmp_path / "off", clean_images, "max_steps=3", "model_args.drop_path_rate=0.2"))
+    assert calls == []
+    run(args(tmp_path / "on", clean_images, "max_steps=3", "model_args.drop_path_rate=0.2", "grad_checkpointing=true"))
+    assert len(calls) >= 3 * 2  # every step, encoder and decoder blocks
+    assert losses(tmp_path / "on") == losses(tmp_path / "off")
+
+
+def torchrun(*argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "hieralab.cli", *argv], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_two_process_fsdp_matches_one_process_and_resumes(tmp_path, clean_images):
+    """parallel=fsdp shards the blocks over 2 gloo processes: the same losses as one process at the same global
+    batch, checkpoints written as full weights, and a resume under FSDP that continues the same trajectory."""
+    run(args(tmp_path / "one", clean_images, "optim.batch_size=8", "max_steps=4", "ckpt_every=2"))
+    two = args(tmp_path / "two", clean_images, "optim.batch_size=4", "ckpt_every=2", "parallel=fsdp")
+    proc = torchrun("pretrain", *two, "max_steps=2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = torchrun("pretrain", *two, "max_steps=4", "--resume")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "resuming from" in proc.stderr
+    one, sharded = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert [s for s, _ in sharded] == [1, 2, 3, 4]
+    for (_, a), (_, b) in zip(one, sharded):
+        assert a == pytest.approx(b, rel=1e-4)
+    full = load_file(tmp_path / "two" / "checkpoints" / "step-0000004" / "model.safetensors")
+    ref = load_file(tmp_path / "one" / "checkpoints" / "step-0000004" / "model.safetensors")
+    assert full.keys() == ref.keys() and all(full[k].shape == ref[k].shape for k in ref)  # gathered, not shards
+    assert max((full[k] - ref[k]).abs().max().item() for k in ref) < 1e-4
+    assert (tmp_path / "two" / "encoder" / "model.safetensors").exists()  # outputs from the gathered model
+
+
+def test_fsdp_is_refused_where_the_task_evaluates_on_one_process(tmp_path, clean_images, capsys):
+    assert main(["finetune", f"data.source={clean_images}", "parallel=fsdp", f"out_dir={tmp_path / 'f'}"]) == 1
+    errors = error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and "parallel='fsdp'" in errors[0] and "parallel=ddp" in errors[0]
+
+
+def test_the_loss_is_read_once_per_optimizer_step(tmp_path, clean_images, monkeypatch):
+    """The host reads the loss once per optimizer step (the divergence guard's check, before the update), never once
+    per micro-batch: 3 steps of 4 micro-batches read as many float values back as 3 steps of 1 (the data's crops,
+    drawn on the CPU by torchvision, aside). The sparse MAE also reads each micro-batch's visible-unit count, an
+    integer that sets the encoder's token count."""
+    import traceback
+    import hieralab.engine.trainer as trainer_module
+    from hieralab.engine import distributed
+    monkeypatch.setattr(trainer_module, "plot_curve", lambda *a, **k: tmp_path / "curve.png")  # no drawing
+    real_mean, real_item = distributed.all_mean, torch.Tensor.item
+    means, items = [], []
+    monkeypatch.setattr(distributed, "all_mean", lambda x: means.append(x.numel()) or real_mean(x))
+    monkeypatch.setattr(torch.Tensor, "item",
+                        lambda self: (items.append(1) if self.is_floating_point() and not any(
+                            "torchvision" in f.filename for f in traceback.extract_stack()) else None)
+                        or real_item(self))
+    counts = {}
+    for accum in (1, 4):
+        means.clear(), items.clear()
+        run(args(tmp_path / f"acc{accum}", clean_images, "optim.batch_size=2", f"optim.accum_steps={accum}",
+                 "max_steps=3", "ckpt_every=100", "recon_images=0"))
+        assert means == [1, 1, 1]  # one loss value per step, over all its micro-batches
+        counts[accum] = len(items)
+    assert counts[4] == counts[1]
+
+
 # ---------------------------------------------------------------- CLI
 def test_cli_pretrain_and_reconstruct(tmp_path, images, capsys):
     out = tmp_path / "r"
@@ -216,3 +290,11 @@ def test_cli_errors_are_one_line(tmp_path, images, capsys, overrides, message):
     errors = error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and message in errors[0]
     assert not (tmp_path / "r").exists()  # a refused run leaves nothing behind
+
+
+def test_the_online_probe_runs_at_the_start_four_times_over_the_run_and_at_the_end():
+    from hieralab.tasks.pretrain import probe_due
+    due = [s for s in range(1, 470) if probe_due(s, stop=469, total=469, every=None)]
+    assert due == [1, 117, 234, 351, 469]  # 468 is a period multiple, but too close to the last step's probe
+    assert [s for s in range(1, 11) if probe_due(s, stop=10, total=10, every=3)] == [1, 3, 6, 10]  # 9: too close
+    assert [s for s in range(101, 201) if probe_due(s, stop=200, total=400, every=None)] == [200]  # resumed slice

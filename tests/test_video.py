@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import MEDIA
+from conftest import MEDIA, VIDEO_MAE_TINY
 from hieralab.cli import main
 from hieralab.data.images import Unreadable
-from hieralab.tasks.evaluate import eval_folder_name
+from hieralab.engine.artifacts import eval_folder_name
 from hieralab.data.pipeline import SeededSamples, collate
-from hieralab.data.video import (VideoClips, clip_indices, decode_frames, read_clip, uniform_starts,
+from hieralab.data.video import (VideoClips, clip_indices, decode_frames, read_clip, read_clips, uniform_starts,
                                  video_eval_views, video_frame_count, video_train_transform)
 
 av = pytest.importorskip("av")
@@ -87,7 +87,8 @@ def test_corrupt_clips_are_skipped_and_counted(clips):
     ds = VideoClips(clips)
     broken = next(i for i, (p, _) in enumerate(ds.items) if p.name == "broken.mp4")
     bad = read_clip(ds.items[broken][0], 8, 2)
-    assert isinstance(bad, Unreadable) and bad.path.endswith("broken.mp4") and "InvalidData" in bad.reason
+    assert isinstance(bad, Unreadable) and bad.path.endswith("broken.mp4")
+    assert "InvalidData" in bad.reason or "Invalid data found" in bad.reason  # PyAV / torchcodec say it so
     samples = SeededSamples(ds, video_train_transform(8, 2, 32, (0.5,) * 3, (0.25,) * 3), seed=0)
     batch = collate([samples[(0, i)] for i in range(len(ds))])
     assert batch["skipped"] == 1 and batch["x"].shape == (6, 3, 8, 32, 32)
@@ -99,9 +100,10 @@ def test_corrupt_clips_are_skipped_and_counted(clips):
 def test_repeated_augmentation_cuts_several_clips_from_one_decoding(clips, monkeypatch):
     import hieralab.data.video as video
 
-    decoded = []
-    real_decode = video.decode_frames
-    monkeypatch.setattr(video, "decode_frames", lambda path, idx: decoded.append(path) or real_decode(path, idx))
+    decoded = []  # the videos opened for decoding (torchcodec), or decoded (PyAV)
+    real_open, real_pyav = video._torchcodec, video._pyav_frames
+    monkeypatch.setattr(video, "_torchcodec", lambda path: (real_open(path), decoded.append(path))[0])  # if it opens
+    monkeypatch.setattr(video, "_pyav_frames", lambda path, idx: decoded.append(path) or real_pyav(path, idx))
     ds = VideoClips(clips)
     tf = video_train_transform(4, 1, 32, (0.5,) * 3, (0.25,) * 3, repeats=3)
     samples = SeededSamples(ds, tf, seed=0, num_units=4, mask_ratio=0.5, repeats=3)
@@ -144,9 +146,7 @@ def test_real_clips_decode_at_kinetics_sampling():
 
 
 def test_cli_video_mae_pretrain_and_reconstruct(tmp_path, clips, capsys):
-    tiny = ["model=mae_hiera_mini_8x32", "model_args.in_chans=3", "model_args.embed_dim=16", "model_args.num_heads=1",
-            "model_args.stages=[1,1,1]", "model_args.decoder_embed_dim=32", "model_args.decoder_depth=1",
-            "model_args.decoder_num_heads=2"]
+    tiny = VIDEO_MAE_TINY
     run = tmp_path / "run"
     assert main(["pretrain", *tiny, f"data.source={clips}", "data.num_workers=0", "data.frame_stride=2",
                  "optim.batch_size=3", "data.repeat_aug=2", "epochs=1", "recon_images=2", f"out_dir={run}"]) == 0
@@ -201,3 +201,32 @@ def test_cli_extract_video_features(tmp_path, clips):
 
     feats = load_file(str(out))
     assert feats["features"].shape == (6, 256) and feats["labels"].tolist() == [0, 0, 0, 1, 1, 1]  # broken: skipped
+
+
+# ---------------------------------------------------------------- decoders: torchcodec, PyAV as the fallback
+def test_torchcodec_and_pyav_give_the_same_frames(tmp_path):
+    from hieralab.data.video import pick_decoder, torchcodec_problem
+    if torchcodec_problem():
+        pytest.skip(f"torchcodec cannot load here: {torchcodec_problem()}")
+    paths = [write_clip(tmp_path / "c.mp4", frames=30)] + [MEDIA / n for n in ("dog.mp4", "goat.mp4")
+                                                           if (MEDIA / n).exists()]
+    assert pick_decoder("auto") == "torchcodec"
+    for path in paths:
+        n = video_frame_count(path, "pyav")
+        assert video_frame_count(path, "torchcodec") == n
+        indices = [0, 7, 7, 3, n - 1, n + 5]  # any order, repeats, past the end (the last frame)
+        a, b = decode_frames(path, indices, "pyav"), decode_frames(path, indices, "torchcodec")
+        assert a.shape == b.shape == (6, *a.shape[1:]) and torch.equal(a, b), path  # bit for bit
+        g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+        clips = [read_clips(path, 8, 2, count=2, generator=g(), decoder=d) for d in ("pyav", "torchcodec")]
+        assert clips[0].shape == (2, 8, *a.shape[1:]) and torch.equal(*clips)  # the sampler's clips too
+
+
+def test_without_torchcodec_auto_falls_back_to_pyav(tmp_path, monkeypatch, capsys):
+    from hieralab.data import video
+    monkeypatch.setattr(video, "torchcodec_problem", lambda: "RuntimeError: no FFmpeg libraries")
+    assert video.pick_decoder("auto") == "pyav"
+    path = write_clip(tmp_path / "c.mp4", frames=12)
+    assert decode_frames(path, [1, 2]).shape == (2, 40, 48, 3)
+    with pytest.raises(Exception, match="cannot load .*install Debian's ffmpeg .*video_decoder=pyav"):
+        video.pick_decoder("torchcodec")

@@ -14,12 +14,17 @@ import torch
 
 from . import __version__, files
 from . import bench as B
-from .config import FinetuneConfig, LinprobeConfig, PretrainConfig, load_config, preset_names
+from .config import (PRESETS, DetectConfig, FinetuneConfig, LinprobeConfig, PretrainConfig, SegmentConfig,
+                     load_config, preset_names, preset_summary)
+from .data.scenes import ensure_scenes
+from .data.shards import shard_source
+from .engine.artifacts import data_tag
 from .errors import HieralabError
-from .experiments import study
+from .experiments import dense_study, study
 from .models import create_model, list_models, model_config
+from .models.registry import model_class
 from .models.inference import optimize_for_inference
-from .tasks import evaluate, export, extract, finetune, linprobe, pretrain, reconstruct
+from .tasks import detect, evaluate, export, extract, finetune, linprobe, pretrain, reconstruct, segment
 
 
 def _official(name: str):
@@ -41,6 +46,9 @@ def _official(name: str):
 def cmd_list(args: argparse.Namespace) -> int:
     for name in list_models(args.pattern):
         cfg = model_config(name)
+        if getattr(model_class(name), "is_dense", False):
+            print(f"{name:28s} a dense head on any encoder (hieralab {'detect' if name == 'detector' else 'segment'})")
+            continue
         size = tuple(cfg["input_size"]) if "input_size" in cfg else (cfg.get("img_size", 224),) * 2
         shape = f"stages {tuple(cfg['stages'])}" if "stages" in cfg else f"depth {cfg.get('depth')}"
         print(f"{name:28s} input {size}  embed {cfg.get('embed_dim')}  {shape}")
@@ -82,6 +90,49 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_detect(args: argparse.Namespace) -> int:
+    cfg = load_config(DetectConfig, args.preset, args.overrides)
+    s = detect.run(cfg, **_run_options(args))
+    if "bbox_AP" in s:
+        print(f"\ntrained {cfg.head} on {cfg.model} for {s['steps']} steps in {s['seconds']:.0f} s: box AP "
+              f"{s['bbox_AP']:.2f} (AP50 {s['bbox_AP50']:.2f})" + (f", mask AP {s['segm_AP']:.2f}" if "segm_AP" in s
+                                                                     else ""))
+        print(f"  wrote {s['run_dir']}: metrics.json, predictions.json, predictions.png, model/")
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    cfg = load_config(SegmentConfig, args.preset, args.overrides)
+    s = segment.run(cfg, **_run_options(args))
+    if "mIoU" in s:
+        print(f"\ntrained the segmenter on {cfg.model} for {s['steps']} steps in {s['seconds']:.0f} s: mIoU "
+              f"{s['mIoU']:.2f} %")
+        print(f"  wrote {s['run_dir']}: metrics.json, predictions.png, model/")
+    return 0
+
+
+def cmd_scenes(args: argparse.Namespace) -> int:
+    out = ensure_scenes(args.out, train=args.train, val=args.val, seed=args.seed)
+    print(f"Fashion-MNIST scenes in {out}: train/ and val/, each images/*.png, semantic/*.png, annotations.json")
+    return 0
+
+
+def cmd_shards(args: argparse.Namespace) -> int:
+    index = shard_source(args.source, args.out, shard_size=args.shard_size)
+    print(f"wrote {index['samples']} {index['kind']} in {len(index['shards'])} shards; train on them with "
+          f"data.source='{index['pattern']}'")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    rows = [(name, *preset_summary(name)) for name in preset_names()]
+    width = max(len(name) for name, _, _ in rows)
+    for name, task, summary in rows:
+        print(f"{name:<{width}}  {task:<9} {summary}")
+    print(f"\nuse one with hieralab <task> --preset NAME [key=value ...]; the files are in {PRESETS}")
+    return 0
+
+
 def cmd_linprobe(args: argparse.Namespace) -> int:
     cfg = load_config(LinprobeConfig, args.preset, args.overrides)
     summary = linprobe.run(cfg, **_run_options(args))
@@ -94,7 +145,28 @@ def cmd_linprobe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dense_kind(path: str) -> str | None:
+    """"detect" / "segment" when ``path`` is such a run (or its ``model/``), else None."""
+    for meta, kind in ((detect.META, "detect"), (segment.META, "segment")):
+        if (Path(path) / "model" / meta).exists() or (Path(path) / meta).exists():
+            return kind
+    return None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    kind = _dense_kind(args.checkpoint)
+    if kind == "detect":
+        m = detect.evaluate_run(args.checkpoint, ann=args.ann, images=args.images, out=args.out)
+        print(f"box AP {m['bbox_AP']:.2f} (AP50 {m['bbox_AP50']:.2f})"
+              + (f", mask AP {m['segm_AP']:.2f}" if "segm_AP" in m else "") + f" on {m['images']} images")
+        print(f"  wrote {m['out']}/metrics.json, predictions.json, predictions.png")
+        return 0
+    if kind == "segment":
+        m = segment.evaluate_run(args.checkpoint, images=args.images, masks=args.masks, out=args.out,
+                                 inference=args.inference)
+        print(f"mIoU {m['mIoU']:.2f} %, pixel accuracy {m['pixel_accuracy']:.2f} % on {m['images']} images")
+        print(f"  wrote {m['out']}/metrics.json and predictions.png")
+        return 0
     m = evaluate.run_eval(args.checkpoint, source=args.data, split=args.split, out=args.out,
                           img_size=args.img_size, limit=args.limit, temporal_views=args.temporal_views,
                           spatial_views=args.spatial_views)
@@ -104,6 +176,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    kind = _dense_kind(args.checkpoint)
+    if kind is not None:
+        r = (detect.predict_images(args.checkpoint, args.images, out=args.out) if kind == "detect" else
+             segment.predict_images(args.checkpoint, args.images, out=args.out))
+        found = f"{r['detections']} detections" if kind == "detect" else f"{len(r['masks'])} masks"
+        print(f"{found} for {r.get('images', len(r.get('masks', [])))} images; wrote {r['out']}")
+        return 0
     rows = evaluate.predict_files(args.checkpoint, args.images, topk=args.topk, batch_size=args.batch_size)
     if len(rows) == 1 and not args.csv:  # one image: its top-k, one per line
         if "error" in rows[0]:
@@ -117,7 +196,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if len(rows) > 20:
         print(f"... and {len(rows) - 20} more")
     path = Path(args.csv) if args.csv else (evaluate.classifier_dir(args.checkpoint) /
-                                           f"predict-{evaluate.data_tag(args.images)}.csv")
+                                           f"predict-{data_tag(args.images)}.csv")
     evaluate.write_predictions(rows, path, min(args.topk, len(rows[0].get("top", [])) or args.topk))
     bad = sum("error" in r for r in rows)
     print(f"wrote the top-{args.topk} of {len(rows)} files to {path}" + (f" ({bad} unreadable)" if bad else ""))
@@ -148,6 +227,20 @@ def cmd_study(args: argparse.Namespace) -> int:
         for name in ("study.md", "study.png", "study.json"):
             shutil.copyfile(Path(args.out) / name, docs / f"mae_{name}")
         print(f"copied the table and plot to {docs}/mae_study.md, mae_study.png")
+    return 0
+
+
+def cmd_study_dense(args: argparse.Namespace) -> int:
+    s = dense_study.run(mae=args.mae, encoder=args.encoder, seeds=args.seeds, steps=args.steps, out_dir=args.out,
+                        extra=args.overrides)
+    print()
+    print(dense_study.table(s))
+    if args.docs:
+        docs = Path(args.docs)
+        docs.mkdir(parents=True, exist_ok=True)
+        for name in ("dense_study.md", "dense_study.png", "dense_study.json"):
+            shutil.copyfile(Path(args.out) / name, docs / name)
+        print(f"copied the table and plot to {docs}/dense_study.md, dense_study.png")
     return 0
 
 
@@ -217,7 +310,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cells = [name, f"{params / 1e6:.2f}", f"{gflops:.1f}", f"{ms['ours']:.0f}",
                  f"{args.batch / ms['ours'] * 1e3:.1f}", f"{pct:.0f}%", f"{ms['packed']:.0f}"]
         if "official" in times:
-            r1, r2 = B.paired_ratio(times["official"], times["ours"]), B.paired_ratio(times["official"], times["packed"])
+            r1 = B.paired_ratio(times["official"], times["ours"])
+            r2 = B.paired_ratio(times["official"], times["packed"])
             row.update(ratio_ours=r1, ratio_packed=r2)
             cells += [f"{ms['official']:.0f}", f"{r1:.2f}x", f"{r2:.2f}x"]
         else:
@@ -295,8 +389,47 @@ def build_parser() -> argparse.ArgumentParser:
                    help="e.g. model=hiera_mini_32 init=runs/mae_hiera_fmnist 'lrs=[0.1,1.0]' epochs=30")
     p.set_defaults(func=cmd_linprobe)
 
-    p = sub.add_parser("eval", help="top-1 / top-5 and a confusion-matrix PNG of a fine-tuned classifier")
-    p.add_argument("checkpoint", help="a finetune run folder (its best/) or a best/ or last/ folder")
+    p = sub.add_parser("detect", help="train a detector (Mask R-CNN, RetinaNet, FCOS) on an encoder; COCO data "
+                                      "(default: the Fashion-MNIST scenes); box / mask AP at the end",
+                       description="Defaults <- --preset <- key=value overrides (hieralab/config/schema.py: "
+                                   "DetectConfig), e.g. data.train_ann=train.json data.train_images=images/ "
+                                   "init=runs/mae_hiera_fmnist")
+    p.add_argument("--preset", help="a preset name or a .yaml path")
+    _run_flags(p)
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("segment", help="train a semantic segmenter on an encoder; image + mask-PNG folders "
+                                       "(default: the Fashion-MNIST scenes); mIoU at the end",
+                       description="Defaults <- --preset <- key=value overrides (SegmentConfig), e.g. "
+                                   "data.train_images=img/ data.train_masks=masks/ 'data.classes=[sky,road]'")
+    p.add_argument("--preset", help="a preset name or a .yaml path")
+    _run_flags(p)
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("shards", help="write an image folder, Fashion-MNIST or a clip folder / list as WebDataset "
+                                      "tar shards (then data.source='OUT/shard-{000000..N}.tar')")
+    p.add_argument("source", help="an image folder (class subfolders), fashion-mnist, or a folder / .csv / .json "
+                                  "list of clips")
+    p.add_argument("out", help="a new (or empty) folder for shard-NNNNNN.tar and shards.json")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    p.set_defaults(func=cmd_shards)
+
+    p = sub.add_parser("presets", help="list the presets (paper recipes, demos) with a line on each")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("scenes", help="write the Fashion-MNIST scenes (COCO JSON + PNGs + semantic masks)")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--train", type=int, default=2000, help="training scenes (from the training images)")
+    p.add_argument("--val", type=int, default=300, help="validation scenes (from the test images)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_scenes)
+
+    p = sub.add_parser("eval", help="score a classifier (top-1 / top-5, confusion matrix), a detector (COCO box / "
+                                    "mask AP) or a segmenter (mIoU)")
+    p.add_argument("checkpoint", help="a finetune run folder (its best/) or a best/ or last/ folder; a detect or "
+                                      "segment run")
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or a labelled image folder")
     p.add_argument("--split", default="test", help="fashion-mnist split (default: test)")
     p.add_argument("--out", help="output folder (default: <checkpoint>/eval-<split>)")
@@ -305,15 +438,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temporal-views", type=int, default=1, help="video: clips per video, evenly spaced (5 for "
                                                                       "the Kinetics protocol)")
     p.add_argument("--spatial-views", type=int, default=1, help="video: crops per clip along the long side (3)")
+    p.add_argument("--ann", help="detect: a COCO annotation file (default: the run's validation data)")
+    p.add_argument("--images", help="detect / segment: the folder of the images of --ann / --masks")
+    p.add_argument("--masks", help="segment: the folder of mask PNGs (default: the run's validation data)")
+    p.add_argument("--inference", default="whole", choices=("whole", "slide"), help="segment: whole images or "
+                                                                                   "sliding windows")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="top-k labels of a classifier for images: files or folders, batched")
+    p = sub.add_parser("predict", help="a classifier's top-k labels (CSV), a detector's detections or a segmenter's "
+                                       "masks for images: files or folders")
     p.add_argument("images", nargs="+", help="image files and / or folders of images")
-    p.add_argument("--checkpoint", required=True, help="a finetune run folder or its best/ or last/ folder")
+    p.add_argument("--checkpoint", required=True, help="a finetune run folder or its best/ or last/ folder, or a "
+                                                        "detect / segment run")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--csv", help="write the top-k of every file here (default for several files: "
                                  "<classifier>/predict-<name of the inputs>.csv)")
+    p.add_argument("--out", help="detect / segment runs: the folder for the predictions (default: "
+                                 "<run>/predict-<inputs>)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("extract", help="an encoder's features of a dataset to .safetensors / .npy, and a k-NN "
@@ -350,6 +492,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", help="also copy study.md / .png / .json to this folder as mae_study.*")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="pretraining overrides, e.g. model_args.depth=4")
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("study-dense", help="does MAE help detection? Mask R-CNN on the demo's mini Hiera from an MAE "
+                                           "run vs random init, on the Fashion-MNIST scenes, over seeds")
+    p.add_argument("--mae", default="runs/mae_hiera_fmnist", help="the MAE pretrain run (made first if missing)")
+    p.add_argument("--encoder", default="hiera_mini_32")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--steps", type=int, default=300, help="optimizer steps of every detect run")
+    p.add_argument("--out", default="runs/dense_study")
+    p.add_argument("--docs", help="also copy dense_study.md / .png / .json to this folder")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of every detect run")
+    p.set_defaults(func=cmd_study_dense)
 
     p = sub.add_parser("export", help="export a model to ONNX (.onnx, checked with onnxruntime) or torch.export "
                                       "(.pt2)")

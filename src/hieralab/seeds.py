@@ -27,6 +27,9 @@ STREAMS: dict[str, int] = {
     "split": 11,  # a held-out validation split
     "recon": 12,  # the masks of reconstruction pictures
     "probe": 13,  # linear-probe heads
+    "scenes": 14,  # the layout of generated Fashion-MNIST scenes
+    "shards": 15,  # the order of tar shards in an epoch
+    "shuffle_buffer": 16,  # a shard reader's shuffle buffer
 }
 
 

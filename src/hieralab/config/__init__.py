@@ -5,10 +5,11 @@ value is checked before anything is built, and the resolved config is written in
 always be repeated.
 """
 
-from .schema import (AugConfig, DataConfig, FinetuneConfig, LinprobeConfig, OptimConfig, PretrainConfig, RunConfig,
-                     apply_overrides, check, from_dict, load_config, preset_names, to_dict, trajectory_changes,
-                     validate)
+from .schema import (PRESETS, AugConfig, DataConfig, DenseDataConfig, DetectConfig, FinetuneConfig, LinprobeConfig,
+                     OptimConfig, PretrainConfig, RunConfig, SegmentConfig, apply_overrides, check, from_dict,
+                     load_config, preset_names, preset_summary, preset_task, to_dict, trajectory_changes, validate)
 
-__all__ = ["AugConfig", "DataConfig", "FinetuneConfig", "LinprobeConfig", "OptimConfig", "PretrainConfig", "RunConfig",
-           "apply_overrides", "check", "from_dict", "load_config", "preset_names", "to_dict", "trajectory_changes",
+__all__ = ["PRESETS", "AugConfig", "DataConfig", "DenseDataConfig", "DetectConfig", "FinetuneConfig", "LinprobeConfig",
+           "OptimConfig", "PretrainConfig", "RunConfig", "SegmentConfig", "apply_overrides", "check", "from_dict",
+           "load_config", "preset_names", "preset_summary", "preset_task", "to_dict", "trajectory_changes",
            "validate"]

@@ -8,6 +8,7 @@ every problem, one line each, naming the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 import types
@@ -98,7 +99,8 @@ def positive_stats(v: Any) -> str | None:
 @dataclass
 class DataConfig:
     source: str = setting("fashion-mnist", check=non_empty)  # "fashion-mnist" (the Debian package), a folder of
-    #                                                          images / class subfolders, or of clips / a clip list
+    #                      images / class subfolders, of clips / a clip list, or WebDataset tar shards written by
+    #                      hieralab shards ('dir/shard-{000000..000099}.tar')
     split: str = setting("train", check=one_of("train", "test"))  # fashion-mnist: "train" (60,000) / "test" (10,000)
     img_size: int = setting(32, check=at_least(1))
     crop_scale: tuple[float, float] = setting((0.2, 1.0), check=scale_range)  # RandomResizedCrop scale, as MAE
@@ -111,6 +113,10 @@ class DataConfig:
     frame_stride: int = setting(4, check=at_least(1))  # video: take every n-th frame (Kinetics 16 x 4)
     repeat_aug: int = setting(1, check=at_least(1))  # video: clips cut from each decoded video (MAE-ST's repeated
     #                      augmentation, 4 for K400 MAE); a step then holds batch_size x repeat_aug clips, lr scales
+    video_decoder: str = setting("auto", check=one_of("auto", "torchcodec", "pyav"), trajectory=False)  # "auto":
+    #                      torchcodec when it loads (FFmpeg from Debian's ffmpeg package), else PyAV; the same frames
+    shuffle_buffer: int = setting(1000, check=at_least(1))  # tar shards (source 'dir/shard-{000000..000099}.tar'):
+    #                      samples each loader worker shuffles among, after the shards' own order is shuffled
 
 
 @dataclass
@@ -141,6 +147,10 @@ class RunConfig:
     log_every: int = setting(10, check=at_least(1), trajectory=False)
     amp: str = setting("auto", check=one_of("auto", "bf16", "off"))  # bf16 on CUDA with "auto"; off on CPU
     compile: bool = setting(False, trajectory=False)
+    grad_checkpointing: bool = setting(False, trajectory=False)  # recompute each block's activations in the backward
+    #                      pass instead of keeping them: less memory, about one more forward; the same numbers
+    parallel: str = setting("ddp", check=one_of("ddp", "fsdp"), trajectory=False)  # under torchrun: DDP (a full copy
+    #                      per process) or FSDP2's fully_shard (weights, gradients and AdamW moments sharded per block)
     device: str = setting("auto", check=device_name, trajectory=False)
 
     @classmethod
@@ -162,6 +172,13 @@ class PretrainConfig(RunConfig):
     data: DataConfig = setting(factory=DataConfig)
     optim: OptimConfig = setting(factory=OptimConfig)
     recon_images: int = setting(8, check=at_least(0), trajectory=False)  # reconstructions at the end (0: none)
+    knn_every: int | None = setting(None, check=optional(at_least(0)), trajectory=False)  # steps between online
+    #                      k-NN probes of the encoder on labelled data (None: 4 over the run, and one at the start;
+    #                      0: off); knn_top1 goes to log.csv, TensorBoard and the loss curve's lower panel
+    knn_bank: int = setting(1000, check=at_least(2), trajectory=False)  # labelled training images it votes with
+    knn_queries: int = setting(500, check=at_least(1), trajectory=False)  # images it classifies (Fashion-MNIST:
+    #                      from the test split; a folder: other training images)
+    knn_k: int = setting(20, check=at_least(1), trajectory=False)
     out_dir: str = RunConfig.default("out_dir", "runs/pretrain")
 
 
@@ -224,6 +241,80 @@ class LinprobeConfig(RunConfig):
     weight_decay: float = setting(0.0, check=at_least(0))
     out_dir: str = RunConfig.default("out_dir", "runs/linprobe")
     epochs: float = RunConfig.default("epochs", 30.0)
+
+
+@dataclass
+class DenseDataConfig:
+    """Where dense data is: COCO JSON + images (detection), image + mask-PNG folders (semantic segmentation).
+    ``"scenes"`` (the default) is the Fashion-MNIST scenes, written once to ``scenes_root``."""
+
+    train_ann: str = setting("scenes", check=non_empty)  # a COCO instances .json (detect)
+    train_images: str | None = None  # the images of train_ann (default: the scenes')
+    val_ann: str = setting("scenes", check=non_empty)
+    val_images: str | None = None
+    train_masks: str | None = None  # segment: mask PNGs named as the train_images (default: the scenes')
+    val_masks: str | None = None
+    classes: tuple[str, ...] | None = None  # segment: class names by index (default: the scenes' 11)
+    reduce_zero_label: bool = False  # segment: ADE20K's masks, where 0 is "other" (ignored)
+    scenes_root: str = setting("runs/fashion-mnist-scenes", check=non_empty)
+    scenes_train: int = setting(2000, check=at_least(1))  # scenes written for training / validation
+    scenes_val: int = setting(300, check=at_least(1))
+    img_size: int = setting(160, check=at_least(8))  # the side of the training crops
+    scale_range: tuple[float, float] = setting((0.5, 1.5), check=each(above(0)))  # scale jitter of training
+    hflip: bool = True
+    limit: int | None = setting(None, check=optional(at_least(1)))  # the first N images of each split
+    num_workers: int = setting(2, check=at_least(0), trajectory=False)
+
+
+def _dense_optim() -> OptimConfig:
+    """ViTDet's recipe (AdamW, betas 0.9 / 0.999, weight decay 0.1, a short warmup) at the lr a short CPU schedule
+    needs: 2e-4 at batch 4 (ViTDet trains 100 epochs at 1e-4 for batch 64); on the scenes, 250 steps from random
+    init reach box AP 7.7 with it."""
+    return OptimConfig(batch_size=4, base_lr=1.28e-2, betas=(0.9, 0.999), weight_decay=0.1, warmup_epochs=0.05,
+                       min_lr=1e-6)
+
+
+@dataclass
+class DetectConfig(RunConfig):
+    model: str = setting("hiera_mini_32", check=non_empty)  # the encoder (hieralab list)
+    model_args: dict[str, Any] = setting(factory=dict)
+    init: str | None = None  # the encoder's weights: a pretrain run, a save_pretrained folder, an official / timm
+    #                          file; None: random init
+    head: str = setting("maskrcnn", check=one_of("maskrcnn", "retinanet", "fcos"))
+    neck: str = setting("auto", check=one_of("auto", "fpn", "topdown", "simple"))
+    neck_channels: int = setting(128, check=at_least(8))
+    box_head_dim: int = setting(256, check=at_least(8))  # Mask R-CNN's box head width (1024 in the paper)
+    mask_head_layers: tuple[int, ...] = setting((128, 128), check=each(at_least(8)))  # its mask head convs
+    roi_batch: int = setting(128, check=at_least(1))  # proposals per image that train the box / mask heads (512)
+    min_size: int | None = None  # the short side torchvision resizes every image to (None: data.img_size)
+    max_size: int | None = None  # its long-side cap (None: 2 x min_size)
+    data: DenseDataConfig = setting(factory=DenseDataConfig)
+    optim: OptimConfig = setting(factory=_dense_optim)
+    layer_decay: float = setting(0.75, check=between(0, 1, low_open=True))
+    drop_path: float = setting(0.1, check=between(0, 1, high_open=True))
+    pictures: int = setting(8, check=at_least(0), trajectory=False)  # validation images drawn with predictions
+    score_threshold: float = setting(0.3, check=between(0, 1), trajectory=False)  # for the pictures
+    out_dir: str = RunConfig.default("out_dir", "runs/detect")
+    epochs: float = RunConfig.default("epochs", 6.0)
+
+
+@dataclass
+class SegmentConfig(RunConfig):
+    model: str = setting("hiera_mini_32", check=non_empty)
+    model_args: dict[str, Any] = setting(factory=dict)
+    init: str | None = None
+    neck: str = setting("auto", check=one_of("auto", "fpn", "topdown", "simple"))
+    neck_channels: int = setting(128, check=at_least(8))
+    head_width: int = setting(128, check=at_least(8))
+    data: DenseDataConfig = setting(factory=DenseDataConfig)
+    optim: OptimConfig = setting(factory=_dense_optim)
+    layer_decay: float = setting(0.75, check=between(0, 1, low_open=True))
+    drop_path: float = setting(0.1, check=between(0, 1, high_open=True))
+    inference: str = setting("whole", check=one_of("whole", "slide"), trajectory=False)  # validation: the whole
+    #                      image, or windows of data.img_size at 2/3 of it apart, logits averaged
+    pictures: int = setting(8, check=at_least(0), trajectory=False)
+    out_dir: str = RunConfig.default("out_dir", "runs/segment")
+    epochs: float = RunConfig.default("epochs", 6.0)
 
 
 # ---------------------------------------------------------------- checking
@@ -401,6 +492,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+PRESET_TASKS = {"mae_": "pretrain", "finetune_": "finetune"}  # a preset's task, from its name's prefix
+
+
+def preset_task(name: str) -> str:
+    return next((task for prefix, task in PRESET_TASKS.items() if name.startswith(prefix)), "?")
+
+
+def preset_summary(name: str) -> tuple[str, str]:
+    """``(task, the first sentence of the preset's opening comment)``."""
+    lines = (PRESETS / f"{name}.yaml").read_text().splitlines()
+    comment = " ".join(line.lstrip("#").strip() for line in itertools.takewhile(lambda x: x.startswith("#"), lines))
+    return preset_task(name), re.split(r"(?<=[.)])\s+(?=[A-Z])", comment, maxsplit=1)[0]
 
 
 def read_preset(preset: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 log = logging.getLogger(__name__)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the normalisation of photos
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 _warned_range: set[str] = set()
 
@@ -101,13 +102,18 @@ class ImageFiles(torch.utils.data.Dataset):
             return Unreadable.of(path, e), label
 
     def channels(self, probe: int = 32) -> int:
-        """1 when the images are grey, else 3, from the headers of up to ``probe`` files spread over the folder."""
-        step = max(1, len(self.samples) // probe)
-        modes = set()
-        for path, _ in self.samples[::step][:probe]:
-            try:
-                with Image.open(path) as img:
-                    modes.add(img.mode)
-            except Exception:
-                continue
-        return 1 if modes and modes <= set(GREY_MODES) else 3
+        """1 when the images are grey, else 3 (see :func:`channels_of`)."""
+        return channels_of([path for path, _ in self.samples], probe)
+
+
+def channels_of(paths: list[Path], probe: int = 32) -> int:
+    """1 when the images are grey, else 3, from the headers of up to ``probe`` files spread over ``paths``."""
+    step = max(1, len(paths) // probe)
+    modes = set()
+    for path in paths[::step][:probe]:
+        try:
+            with Image.open(path) as img:
+                modes.add(img.mode)
+        except Exception:
+            continue
+    return 1 if modes and modes <= set(GREY_MODES) else 3

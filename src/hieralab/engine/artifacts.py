@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -15,8 +16,9 @@ from typing import Any
 
 import yaml
 from torch import nn
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..models import registry
 from ..models.checkpoint import from_pretrained, load_checkpoint, read_config, save_pretrained
 from ..models.factory import create_model
@@ -24,6 +26,38 @@ from . import checkpoints
 
 log = logging.getLogger(__name__)
 CLASSIFIER_NAME = "classifier.json"
+
+
+def data_tag(sources: list[str]) -> str:
+    """A name for outputs about some data: ``<first name>-<hash of the absolute paths>``, so that folders of the
+    same name in different places never share their results."""
+    paths = [str(Path(x).expanduser().resolve()) for x in sources]
+    return f"{Path(paths[0]).stem or 'data'}-{hashlib.sha1(chr(0).join(paths).encode()).hexdigest()[:8]}"
+
+
+def eval_folder_name(source: str, split: str, views: tuple[int, int] | None = None) -> str:
+    """``eval-fashion-mnist-test``, or for a folder ``eval-<name>-<hash>`` (:func:`data_tag`); video views add
+    ``-views5x3``."""
+    name = f"eval-fashion-mnist-{split}" if source == "fashion-mnist" else f"eval-{data_tag([source])}"
+    return name + (f"-views{views[0]}x{views[1]}" if views and views != (1, 1) else "")
+
+
+def image_files(inputs: list[str]) -> list[Path]:
+    """Image files named directly or found in folders (recursively, in sorted order); a missing path is an
+    error naming it."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS
+                            and not p.name.startswith("."))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    if not found:
+        raise DataError(f"no image files in {', '.join(inputs)}")
+    return found
 
 
 def resolve_weights(init: str | Path) -> Path:

@@ -42,16 +42,38 @@ def step_dir(folder: Path, step: int) -> Path:
     return folder / f"step-{step:07d}"
 
 
-def save(folder: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
-         keep_last: int) -> Path:
-    """Write ``folder/step-<step>`` atomically and delete all but the newest ``keep_last`` (0: keep all)."""
+class StateIO:
+    """How a checkpoint's tensors come out of a model and its optimizer and go back in: their own state dicts here;
+    the full (gathered) state of a model sharded across processes in ``engine/fsdp.py``."""
+
+    def model_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return model.state_dict()
+
+    def optimizer_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        return optimizer.state_dict()
+
+    def load_model(self, model: nn.Module, tensors: dict[str, torch.Tensor]):
+        """Returns the missing and unexpected keys (``load_state_dict(strict=False)``'s result)."""
+        return model.load_state_dict(tensors, strict=False)
+
+    def load_optimizer(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        optimizer.load_state_dict(state)
+
+
+PLAIN = StateIO()
+
+
+def save(folder: Path, step: int, model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any],
+         state: dict[str, Any], keep_last: int) -> Path:
+    """Write ``folder/step-<step>`` (the weights, the optimizer's state and ``state``) atomically and delete all
+    but the newest ``keep_last`` (0: keep all)."""
     folder.mkdir(parents=True, exist_ok=True)
     final = step_dir(folder, step)
     tmp = files.temp_dir(folder, final.name)
     try:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        tensors = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
         save_file(tensors, str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2) + "\n")
         for f in tmp.iterdir():
             files.chmod_like_open(f)  # safetensors writes 0600 whatever the umask
@@ -104,7 +126,8 @@ def last_good(folder: Path) -> Path | None:
     return None
 
 
-def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+         io: StateIO = PLAIN) -> dict[str, Any]:
     """Restore weights (and the optimizer) from a checkpoint folder; returns its ``state.json``. A file that is
     missing, truncated or holds pickled objects is a :class:`CheckpointError` naming it."""
     try:
@@ -114,7 +137,7 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None =
     weights = path / "model.safetensors"
     if not weights.exists():
         raise CheckpointError(f"{weights} is missing")
-    result = model.load_state_dict(read_safetensors(weights), strict=False) if _shapes_fit(model, weights) else None
+    result = io.load_model(model, read_safetensors(weights)) if _shapes_fit(model, weights) else None
     if result is None or result.missing_keys or result.unexpected_keys:
         detail = ("tensor shapes differ" if result is None else
                   f"{len(result.missing_keys)} tensors missing, {len(result.unexpected_keys)} unexpected, e.g. "
@@ -125,7 +148,7 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None =
         if not moments.exists():
             raise CheckpointError(f"{moments} is missing")
         try:
-            optimizer.load_state_dict(load_torch_file(moments))
+            io.load_optimizer(model, optimizer, load_torch_file(moments))
         except (ValueError, KeyError, RuntimeError) as e:
             if isinstance(e, CheckpointError):
                 raise
@@ -134,7 +157,7 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None =
 
 
 def _shapes_fit(model: nn.Module, weights: Path) -> bool:
-    own = model.state_dict()
+    own = model.state_dict()  # a sharded tensor's shape is its full shape
     return all(k not in own or own[k].shape == v.shape for k, v in read_safetensors(weights).items())
 
 
@@ -148,7 +171,8 @@ def set_aside(path: Path, reason: str) -> Path:
     return target
 
 
-def resume_from(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Path, dict] | None:
+def resume_from(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                io: StateIO = PLAIN) -> tuple[Path, dict] | None:
     """Load the newest checkpoint that is intact and not known to be bad; the ones skipped on the way (newer than
     it) are set aside with a log line. None when there is none."""
     for step in reversed(list_steps(folder)):
@@ -160,7 +184,7 @@ def resume_from(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer
                         v.get("next_loss"), moved)
             continue
         try:
-            return path, load(path, model, optimizer)
+            return path, load(path, model, optimizer, io)
         except CheckpointError as e:
             moved = set_aside(path, "corrupt")
             log.warning("skipping corrupt checkpoint %s (%s); moved to %s, trying the one before", path.name, e, moved)

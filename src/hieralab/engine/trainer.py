@@ -31,10 +31,10 @@ from tqdm.auto import tqdm
 
 from .. import files, seeds
 from ..config import RunConfig, check
-from ..data.pipeline import EpochSampler, collate, first_readable
-from ..errors import DivergedError, DiskFullError, HieralabError
+from ..data.pipeline import collate, epoch_batches, first_readable
+from ..errors import ConfigError, DivergedError, DiskFullError, HieralabError
 from ..viz.figures import plot_curve
-from . import checkpoints, distributed
+from . import checkpoints, distributed, fsdp
 from .run_folder import RunFolder, Start
 from .run_log import RunLog
 from .schedule import Schedule
@@ -42,6 +42,7 @@ from .schedule import Schedule
 log = logging.getLogger(__name__)
 NonFiniteLossError = DivergedError  # the name earlier versions raised
 SHOW_UNREADABLE = 5  # unreadable files named in the log (all are counted)
+SHARDABLE = ("pretrain",)  # tasks that can run under parallel=fsdp (the others evaluate on the main process alone)
 
 
 def pick_device(name: str) -> torch.device:
@@ -93,6 +94,7 @@ class Job:
     state: Callable[[], dict[str, Any]] | None = None
     restore: Callable[[dict[str, Any]], None] | None = None
     guard: bool = True
+    collate: Callable[[list[Any]], dict[str, Any]] = collate  # dense tasks batch lists of images of any size
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class Curve:
     file: str = "curves.png"
     title: str = "training"
     extra: tuple[str, ...] = ()
+    extra_title: str = "validation"
 
 
 class Health:
@@ -135,6 +138,15 @@ class Health:
         return {"ema": self.ema, "best": self.best, "first": self.first}
 
 
+@contextlib.contextmanager
+def _gradient_sync_off(model: nn.Module) -> Iterator[None]:
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
 def micro_batches(loader, accum: int, count: int) -> Iterator[list[dict[str, Any]]]:
     """Group the loader's batches into ``count`` optimizer steps of ``accum`` micro-batches each."""
     group: list[dict[str, Any]] = []
@@ -161,6 +173,13 @@ class Trainer:
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
+        if cfg.parallel == "fsdp" and task not in SHARDABLE:
+            raise ConfigError([f"parallel='fsdp': {task} evaluates on the main process alone, which a sharded model "
+                               f"cannot do; use parallel=ddp (fsdp is for {', '.join(SHARDABLE)})"])
+        self.sharded = cfg.parallel == "fsdp" and self.dist.world > 1
+        self.io = fsdp.FullState() if self.sharded else checkpoints.PLAIN  # how checkpoints read and write state
+        self._final: nn.Module | None = None  # the unsharded model outputs are written with (parallel=fsdp)
+        self._sharded_model: nn.Module | None = None
         self.folder = RunFolder(cfg.out_dir, task)
         self.dir = self.folder.path
         self._options = dict(resume=resume, overwrite=overwrite, accept_changes=tuple(accept_changes))
@@ -198,15 +217,34 @@ class Trainer:
         self.folder.release(clean_up=error is not None and not self._started)
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """The module a task's forward calls: ``model`` in DDP across processes, ``torch.compile``d if asked."""
+        """The module a task's forward calls: ``model`` with activation checkpointing if asked, in DDP (or sharded
+        in place, ``parallel=fsdp``) across processes, ``torch.compile``d if asked. Under FSDP the task builds its
+        optimizer after this call (the parameters are replaced by their shards)."""
+        if self.cfg.grad_checkpointing:
+            if not hasattr(model, "set_grad_checkpointing"):
+                raise ConfigError([f"grad_checkpointing=true: {type(model).__name__} has no activation checkpointing"])
+            model.set_grad_checkpointing(True)
         train_model: nn.Module = model
-        if self.dist.world > 1:
+        if self.sharded:
+            train_model = fsdp.shard(model)
+        elif self.dist.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         if self.cfg.compile:
             train_model = torch.compile(train_model)
         self.train_model = train_model
         return train_model
+
+    def final(self, model: nn.Module) -> nn.Module:
+        """The model a task's ``outputs`` writes: ``model``, or under FSDP its unsharded copy (on the CPU)."""
+        return self._final if self._final is not None and model is self._sharded_model else model
+
+    def no_sync(self, model: nn.Module):
+        """Skip the gradient all-reduce of a micro-batch that is not the step's last (DDP's ``no_sync``; FSDP's
+        ``set_requires_gradient_sync``)."""
+        if self.sharded:
+            return _gradient_sync_off(model)
+        return model.no_sync() if self.dist.world > 1 else contextlib.nullcontext()
 
     # ---------------------------------------------------------------- writing, with disk-full errors that say what
     @contextlib.contextmanager
@@ -237,13 +275,16 @@ class Trainer:
                                   clips_per_sample=job.clips_per_sample)
         self.schedule = schedule
         held = job.checkpoint or job.model
+        if self.sharded and not fsdp.is_sharded(job.model):
+            raise RuntimeError("parallel=fsdp: call trainer.wrap(model) before fit, and build the optimizer after it")
         step, loss_value, health, resumed = 0, float("nan"), Health(), None
-        if self.start.resume:
-            found = distributed.from_main(lambda: self._resume_point(held, job.optimizer))
+        if self.start.resume:  # the main process picks the checkpoint (and sets aside bad ones); all then load it
+            pick = fsdp.CheckOnly() if self.sharded else checkpoints.PLAIN
+            found = distributed.from_main(lambda: self._resume_point(held, job.optimizer, pick))
             if found is not None:
                 path, state = found
-                if not dist.is_main:
-                    state = checkpoints.load(path, held, job.optimizer)
+                if not dist.is_main or self.sharded:
+                    state = checkpoints.load(path, held, job.optimizer, self.io)
                 step, loss_value, health = state["step"], state.get("loss", loss_value), Health(state.get("health"))
                 self._earlier = state.get("trained", self._earlier)
                 if job.restore:
@@ -260,6 +301,10 @@ class Trainer:
                  self.task, len(job.samples), schedule.per_epoch, schedule.stop, schedule.lr, job.batch_size,
                  job.accum_steps, dist.world, f" x {job.clips_per_sample} clips" if job.clips_per_sample > 1 else "")
         result = self._loop(job, train_model, schedule, step, loss_value, health, resumed)
+        if self.sharded:  # gathered on every process, rebuilt whole on the main one for the outputs
+            state = self.io.model_state(job.model)
+            self._sharded_model = job.model
+            self._final = fsdp.full_copy(job.model, state) if dist.is_main else None
         summary: dict[str, Any] = {"task": self.task, "run_dir": str(self.dir), **result}
         if dist.is_main:
             with self.writing(f"the outputs of {self.dir}"):
@@ -267,7 +312,7 @@ class Trainer:
                     summary.update(outputs(self.dir))
                 if (self.dir / "log.csv").exists():
                     summary["curve"] = str(plot_curve(self.dir / "log.csv", self.dir / curve.file, title=curve.title,
-                                                      extra=curve.extra))
+                                                      extra=curve.extra, extra_title=curve.extra_title))
                 files.write_json(self.dir / "summary.json", summary)
                 done = result["steps"] >= schedule.total
                 self.folder.write_marker(status="finished" if done else "paused", step=result["steps"])
@@ -277,8 +322,8 @@ class Trainer:
                         "; ".join(self._unreadable[:3]))
         return summary
 
-    def _resume_point(self, model: nn.Module, optimizer: torch.optim.Optimizer):
-        found = checkpoints.resume_from(self.dir / "checkpoints", model, optimizer)
+    def _resume_point(self, model: nn.Module, optimizer: torch.optim.Optimizer, io: checkpoints.StateIO):
+        found = checkpoints.resume_from(self.dir / "checkpoints", model, optimizer, io)
         if found is None:
             log.warning("no intact checkpoint in %s: starting from step 0", self.dir / "checkpoints")
         return found
@@ -335,10 +380,10 @@ class Trainer:
         try:
             while step < schedule.stop:
                 epoch, in_epoch = divmod(step, schedule.per_epoch)
-                sampler = EpochSampler(len(job.samples), epoch=epoch, seed=cfg.seed, rank=dist.rank,
-                                       world=dist.world, start=in_epoch * job.accum_steps * job.batch_size)
-                loader = torch.utils.data.DataLoader(job.samples, job.batch_size, sampler=sampler, collate_fn=collate,
-                                                     num_workers=job.num_workers, drop_last=True)
+                loader = epoch_batches(job.samples, epoch=epoch, seed=cfg.seed, rank=dist.rank, world=dist.world,
+                                       batch_size=job.batch_size, start=in_epoch * job.accum_steps,
+                                       stop=schedule.per_epoch * job.accum_steps, num_workers=job.num_workers,
+                                       collate=job.collate)
                 count = min(schedule.per_epoch - in_epoch, schedule.stop - step)
                 for group in micro_batches(loader, job.accum_steps, count):
                     t0 = time.perf_counter()
@@ -355,7 +400,8 @@ class Trainer:
                             continue
                         self._seed_step(step, k)
                         sync = k == len(group) - 1 or dist.world == 1
-                        with (contextlib.nullcontext() if sync else train_model.no_sync()), autocast(device, cfg.amp):
+                        quiet = contextlib.nullcontext() if sync else self.no_sync(train_model)  # DDP: no all-reduce
+                        with quiet, autocast(device, cfg.amp):
                             loss = job.forward(batch, step, k)
                             (loss * (batch["size"] / group_size)).backward()
                         losses.append(loss.detach().float() * (batch["size"] * len(group) / group_size))
@@ -380,8 +426,8 @@ class Trainer:
                         loss_value = float("nan")
                         log.warning("step %d: no readable sample in its batches; no update", step + 1)
                     step += 1
+                    speed = images * dist.world / (time.perf_counter() - t0)  # the step's own, not its evaluations
                     extra = job.after_step(step) if job.after_step else {}
-                    speed = images * dist.world / (time.perf_counter() - t0)
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.0f}",
                                     **{k: f"{v:.4g}" for k, v in extra.items() if isinstance(v, float)})
@@ -391,14 +437,17 @@ class Trainer:
                                            "loss": loss_value, "lr": lr, "images_per_s": round(speed, 1),
                                            "skipped": skipped_total, **extra})
                     if step % cfg.ckpt_every == 0 or step == schedule.stop:
+                        if dist.is_main or self.sharded:  # gathering a sharded model's state takes every process
+                            weights = self.io.model_state(held)
+                            moments = self.io.optimizer_state(held, job.optimizer)
                         if dist.is_main:
-                            finite = all(torch.isfinite(p).all() for p in held.parameters())
+                            finite = all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
                             state = {"epoch": step / schedule.per_epoch, "loss": loss_value, "finite": finite,
                                      "trained": trained(),
                                      "health": health.state(), **(job.state() if job.state else {})}
                             target = checkpoints.step_dir(ckpt_dir, step)
                             with self.writing(f"the checkpoint {target}"):
-                                saved = checkpoints.save(ckpt_dir, step, held, job.optimizer, state, cfg.keep_last)
+                                saved = checkpoints.save(ckpt_dir, step, weights, moments, state, cfg.keep_last)
                             pending = saved if finite else None
                             if not finite:
                                 checkpoints.mark(saved, healthy=False, next_loss=float("nan"))

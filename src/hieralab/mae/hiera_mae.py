@@ -139,7 +139,7 @@ class MaskedAutoencoderHiera(MAEBase):
         x = windows_to_grid(full, num_units).flatten(1, -2)  # [B, N, D], raster order over the final token grid
         x = x + self._decoder_pos_embed(num_units)
         for block in self.decoder_blocks:
-            x = block(x)
+            x = self.run_block(block, x)
         return self.decoder_pred(self.decoder_norm(x))  # [B, N, P]
 
     def _decoder_pos_embed(self, num_units: Sequence[int]) -> torch.Tensor:

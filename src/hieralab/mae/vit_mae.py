@@ -84,7 +84,7 @@ class MaskedAutoencoderViT(MAEBase):
         full = scatter_units(self.mask_token, x[:, 1:], visible)  # [B, N, D], mask tokens at the hidden patches
         x = torch.cat([x[:, :1], full], dim=1) + self._decoder_pos_embed(grid)  # [B, 1 + N, D]
         for block in self.decoder_blocks:
-            x = block(x)
+            x = self.run_block(block, x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]  # [B, N, P]
 
     def _decoder_pos_embed(self, grid: list[int]) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from . import hiera_configs as _hiera_configs  # noqa: F401  (registers the Hiera family)
 from . import t2t_configs as _t2t_configs  # noqa: F401  (registers the T2T-ViT family)
 from . import vit_configs as _vit_configs  # noqa: F401  (registers the plain ViT family)
+from . import dense as _dense  # noqa: F401  (registers the detector and the segmenter)
 from .factory import create_model
 from .hiera import Hiera
 from .registry import list_models, model_config

@@ -12,7 +12,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from ..config.schema import plain
 from . import checkpoint
@@ -72,6 +74,7 @@ class PretrainedMixin:
 
     config: dict[str, Any]
     embed_params: tuple[str, ...] = ("patch_embed", "pos_embed")
+    grad_checkpointing: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -87,6 +90,21 @@ class PretrainedMixin:
     def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> nn.Module:
         """Rebuild a model written by :meth:`save_pretrained`; the folder must hold this class (or a subclass)."""
         return checkpoint.from_pretrained(directory, expect=None if cls is PretrainedMixin else cls, **overrides)
+
+    # ---------------------------------------------------------------- activation checkpointing
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them (timm's switch): less
+        memory, one more forward; outputs and gradients unchanged (the RNG state is replayed for drop path)."""
+        self.grad_checkpointing = enable
+        for child in self.children():  # an MAE's encoder follows its wrapper
+            if isinstance(child, PretrainedMixin):
+                child.set_grad_checkpointing(enable)
+
+    def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``block(x)``, through activation checkpointing when it is on and gradients are being recorded."""
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return activation_checkpoint(block, x, use_reentrant=False)
+        return block(x)
 
     # ---------------------------------------------------------------- timm's classifier accessors
     def get_classifier(self) -> nn.Module | None:

@@ -17,6 +17,7 @@ import functools
 import logging
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,7 +25,7 @@ from torch import nn
 from ..layers import ClassifierHead, DropPath, MaskUnitAttention, Mlp, PatchEmbed
 from ..layers import pos_embed as pe
 from .base import PretrainedMixin, take_indices
-from .layout import gather_units, pool_level, reroll, units_to_windows, unroll
+from .layout import gather_units, pool_level, reroll, traced, units_to_windows, unroll
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,16 @@ class Hiera(PretrainedMixin, nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {n for n, _ in self.named_parameters() if n.startswith("pos_embed")}
 
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """timm's description of the stage outputs: channels, stride in pixels, the block that makes each."""
+        info, reduction = [], self.patch_stride[-1]
+        for s, end in enumerate(self.stage_ends):
+            if 0 < s <= self.q_pool:  # the first block of this stage pooled
+                reduction *= self.schedule[s - 1][-1]
+            info.append({"num_chs": self.blocks[end].dim_out, "reduction": reduction, "module": f"blocks.{end}"})
+        return info
+
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.config["num_classes"] = num_classes
@@ -284,7 +295,7 @@ class Hiera(PretrainedMixin, nn.Module):
                              f"unit), got {visible.dtype} {tuple(visible.shape)}")
         visible = visible.reshape(batch, n)
         counts = visible.sum(dim=1)
-        if not torch.compiler.is_compiling() and (counts != counts[0]).any():
+        if not traced(visible) and (counts != counts[0]).any():
             raise ValueError("every sample must keep the same number of visible units (got "
                              f"{sorted(set(counts.tolist()))}); draw masks with a fixed keep count")
         return visible
@@ -293,7 +304,7 @@ class Hiera(PretrainedMixin, nn.Module):
         """Run the blocks, yielding ``(stage index, tokens [B, #MU, L, C])`` at each requested stage end."""
         last = max(stages) if stages is not None else len(self.stage_ends) - 1
         for i, block in enumerate(self.blocks[: self.stage_ends[last] + 1]):
-            x = block(x)
+            x = self.run_block(block, x)
             if i in self.stage_ends:
                 s = self.stage_ends.index(i)
                 if stages is None or s in stages:

@@ -24,6 +24,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 Shape = Sequence[int]
 
@@ -115,17 +116,23 @@ def windows_to_grid(x: torch.Tensor, num_units: Shape) -> torch.Tensor:
     return x.permute(perm).reshape(B, *(n * m for n, m in zip(num_units, mu)), C)  # [B, *G, C]
 
 
+def traced(t: torch.Tensor) -> bool:
+    """Whether ``t`` has no values to look at: ``torch.compile`` is tracing, or it is a fake tensor (the device
+    tests run the models on a fake CUDA device)."""
+    return torch.compiler.is_compiling() or isinstance(t, FakeTensor)
+
+
 def visible_order(visible: torch.Tensor, keep: int | None = None) -> torch.Tensor:
     """The indices of the visible units (or patches) of a mask ``[B, N]`` (True = visible), in order: ``[B, keep]``.
 
     Every sample keeps the same count, so deleting the hidden units is a gather with a fixed shape, never boolean
-    indexing. ``keep`` defaults to the first sample's count; under ``torch.compile`` that count is read from the data
-    (an unbacked size) and the compiler is told what it may assume: at least 2 and at most ``N`` (with 1 it would
-    have to treat the dimension as broadcastable), so the whole MAE step traces as one graph.
+    indexing. ``keep`` defaults to the first sample's count; under ``torch.compile`` (or fake tensors) that count is
+    read from the data (an unbacked size) and the compiler is told what it may assume: at least 2 and at most ``N``
+    (with 1 it would have to treat the dimension as broadcastable), so the whole MAE step traces as one graph.
     """
     if keep is None:
-        keep = int(visible[0].sum())
-        if torch.compiler.is_compiling():
+        keep = visible[0].sum().item()
+        if traced(visible):
             torch._check(keep >= 2)
             torch._check(keep <= visible.shape[1])
     return torch.argsort((~visible).to(torch.uint8), dim=1, stable=True)[:, :keep]  # visible first, stable
@@ -148,4 +155,5 @@ def scatter_units(fill: torch.Tensor, x: torch.Tensor, visible: torch.Tensor) ->
     B, N = visible.shape
     order = visible_order(visible, x.shape[1])  # [B, keep]
     index = order.view(B, -1, *([1] * (x.dim() - 2))).expand_as(x)
-    return fill.expand(B, N, *x.shape[2:]).scatter(1, index, x)  # [B, N, ...]
+    dtype = torch.promote_types(fill.dtype, x.dtype)  # under autocast x is bf16, a mask token fp32 (as torch.where)
+    return fill.to(dtype).expand(B, N, *x.shape[2:]).scatter(1, index, x.to(dtype))  # [B, N, ...]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -108,6 +109,12 @@ class ViTBackbone(PretrainedMixin, nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}
 
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """timm's description of the block outputs: one single-scale map per block, at the token stride."""
+        return [{"num_chs": self.embed_dim, "reduction": self.patch_size, "module": f"blocks.{i}"}
+                for i in range(len(self.blocks))]
+
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh head for ``num_classes`` (xavier, zero bias); 0 makes the model a feature extractor."""
         self.num_classes = num_classes
@@ -195,7 +202,7 @@ class ViTBackbone(PretrainedMixin, nn.Module):
         """
         x = self._prepend_class_token(tokens)  # [B, 1 + N', C]
         for block in self.blocks:
-            x = block(x)
+            x = self.run_block(block, x)
         return self.norm(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -241,7 +248,7 @@ class ViTBackbone(PretrainedMixin, nn.Module):
         x = self._prepend_class_token(self.embed(x))  # [B, 1 + N, C]
         found = {}
         for i, block in enumerate(self.blocks[: (max(take) + 1) if intermediates_only else n]):
-            x = block(x)
+            x = self.run_block(block, x)
             if i in take:
                 y = (self.norm(x) if norm else x)[:, 1:]  # [B, N, C]
                 if output_fmt != "NLC":

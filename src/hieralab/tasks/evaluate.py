@@ -10,7 +10,6 @@ never overwrite each other.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import logging
 from pathlib import Path
@@ -18,33 +17,18 @@ from typing import Any
 
 import torch
 from PIL import UnidentifiedImageError
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .. import files
 from ..data.images import Unreadable, load_image
 from ..data.pipeline import build_dataset
 from ..data.transforms import eval_transform
 from ..data.video import video_eval_transform
-from ..engine.artifacts import classifier_dir, load_classifier
+from ..engine.artifacts import classifier_dir, eval_folder_name, image_files, load_classifier
 from ..engine.evaluate import classification_metrics, confusion_matrix, predict_logits
 from ..errors import DataError
 from ..viz.figures import plot_confusion
 
 log = logging.getLogger(__name__)
-
-
-def data_tag(sources: list[str]) -> str:
-    """A name for outputs about some data: ``<first name>-<hash of the absolute paths>``, so that folders of the
-    same name in different places never share their results."""
-    paths = [str(Path(x).expanduser().resolve()) for x in sources]
-    return f"{Path(paths[0]).stem or 'data'}-{hashlib.sha1(chr(0).join(paths).encode()).hexdigest()[:8]}"
-
-
-def eval_folder_name(source: str, split: str, views: tuple[int, int] | None = None) -> str:
-    """``eval-fashion-mnist-test``, or for a folder ``eval-<name>-<hash>`` (:func:`data_tag`); video views add
-    ``-views5x3``."""
-    name = f"eval-fashion-mnist-{split}" if source == "fashion-mnist" else f"eval-{data_tag([source])}"
-    return name + (f"-views{views[0]}x{views[1]}" if views and views != (1, 1) else "")
 
 
 def run_eval(checkpoint: str, *, source: str = "fashion-mnist", split: str = "test", out: str | None = None,
@@ -81,24 +65,6 @@ def run_eval(checkpoint: str, *, source: str = "fashion-mnist", split: str = "te
     files.write_json(out_dir / "metrics.json", metrics)
     metrics["out"] = str(out_dir)
     return metrics
-
-
-def image_files(inputs: list[str]) -> list[Path]:
-    """Image files named directly or found in folders (recursively, in sorted order); a missing path is an
-    error naming it."""
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS
-                            and not p.name.startswith("."))
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise FileNotFoundError(f"{item}: no such file or folder")
-    if not found:
-        raise DataError(f"no image files in {', '.join(inputs)}")
-    return found
 
 
 class _Files(torch.utils.data.Dataset):

@@ -117,14 +117,15 @@ def run(cfg: FinetuneConfig, *, resume: bool = False, **options: Any) -> dict[st
         if video:  # one crop and flip per clip; RandAugment and erasing are image recipes, not used here
             frames = d.num_frames or model.config["input_size"][0]
             train_tf = video_train_transform(frames, d.frame_stride, d.img_size, mean, std, scale=a.crop_scale,
-                                             hflip=a.hflip > 0, repeats=repeats)
-            val_tf = video_eval_transform(frames, d.frame_stride, d.img_size, mean, std)  # 1 view while training
+                                             hflip=a.hflip > 0, repeats=repeats, decoder=d.video_decoder)
+            val_tf = video_eval_transform(frames, d.frame_stride, d.img_size, mean, std,  # 1 view while training
+                                          decoder=d.video_decoder)
             meta.update(num_frames=frames, frame_stride=d.frame_stride)
         else:
             train_tf = finetune_transform(d.img_size, mean, std, channels=model.in_chans, randaug=a.randaug,
                                           reprob=a.reprob, scale=a.crop_scale, hflip=a.hflip)
             val_tf = eval_transform(d.img_size, mean, std, channels=model.in_chans)
-        samples = SeededSamples(train_set, train_tf, seed=cfg.seed, repeats=repeats)
+        samples = SeededSamples(train_set, train_tf, seed=cfg.seed, repeats=repeats, shuffle_buffer=d.shuffle_buffer)
         optimizer = build_adamw(model, lr=o.base_lr, weight_decay=o.weight_decay, betas=o.betas,
                                 layer_decay=cfg.layer_decay)
         ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None

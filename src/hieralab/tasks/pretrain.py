@@ -18,10 +18,13 @@ from torch import nn
 
 from .. import seeds
 from ..config import PretrainConfig
-from ..data.pipeline import SeededSamples, build_dataset, check_repeat_aug, data_channels, model_channels
-from ..data.transforms import mae_train_transform
-from ..data.video import video_train_transform
+from ..data.pipeline import (SeededSamples, build_dataset, check_repeat_aug, data_channels, item_labels,
+                             model_channels, spread_over_classes)
+from ..data.transforms import eval_transform, mae_train_transform
+from ..data.video import video_eval_transform, video_train_transform
+from ..engine import distributed
 from ..engine.artifacts import check_model, is_video_model
+from ..engine.evaluate import dataset_features, knn_classify
 from ..engine.optim import build_adamw
 from ..engine.trainer import Curve, Job, Trainer, lower_lr_hint
 from ..errors import ConfigError
@@ -59,28 +62,92 @@ def run(cfg: PretrainConfig, *, resume: bool = False, **options: Any) -> dict[st
         repeats = check_repeat_aug(d, video)
         if video:
             transform = video_train_transform(shape[1], d.frame_stride, d.img_size, d.mean or mean, d.std or std,
-                                              scale=d.crop_scale, hflip=d.hflip, repeats=repeats)
+                                              scale=d.crop_scale, hflip=d.hflip, repeats=repeats,
+                                              decoder=d.video_decoder)
         else:
             transform = mae_train_transform(d.img_size, d.mean or mean, d.std or std, scale=d.crop_scale,
                                             hflip=d.hflip, channels=channels)
         samples = SeededSamples(dataset, transform, seed=cfg.seed, num_units=num_units, mask_ratio=mask_ratio,
-                                repeats=repeats)
+                                repeats=repeats, shuffle_buffer=d.shuffle_buffer)
         log.info("%s: %d %s of %s, %d channels, mask %.2f of %d units", cfg.model, len(dataset),
                  "videos" if video else "images", d.source, channels, mask_ratio, num_units)
 
-        train_model = trainer.wrap(model)  # DDP / compiled
+        train_model = trainer.wrap(model)  # checkpointed / DDP or sharded / compiled; the optimizer comes after
 
         def forward(batch: dict[str, Any], step: int, k: int) -> torch.Tensor:
             x, visible = batch["x"].to(trainer.device, non_blocking=True), batch["visible"].to(trainer.device)
             return train_model(x, visible).loss
 
+        probe = knn_probe(cfg, dataset, transform_for_probe(cfg, video, channels, d.mean or mean, d.std or std),
+                          trainer.device, sharded=trainer.sharded)
+
+        def after_step(step: int) -> dict[str, Any]:
+            if probe is None or not probe_due(step, trainer.schedule.stop, trainer.schedule.total, cfg.knn_every):
+                return {}
+            top1 = probe(model.encoder) if trainer.dist.is_main else None
+            distributed.barrier()
+            return {"knn_top1": top1} if top1 is not None else {}
+
         job = Job(model=model, optimizer=build_adamw(model, lr=o.base_lr, weight_decay=o.weight_decay, betas=o.betas),
                   samples=samples, forward=forward, batch_size=o.batch_size, base_lr=o.base_lr,
                   lower_lr=lower_lr_hint("optim.base_lr", o.base_lr, PretrainConfig().optim.base_lr),
                   accum_steps=o.accum_steps, warmup_epochs=o.warmup_epochs, min_lr=o.min_lr, clip_grad=o.clip_grad,
-                  clips_per_sample=repeats, num_workers=d.num_workers)
-        return trainer.fit(job, outputs=lambda run_dir: _outputs(cfg, model, run_dir),
-                           curve=Curve("loss_curve.png", f"MAE pretraining of {cfg.model}"))
+                  clips_per_sample=repeats, num_workers=d.num_workers, after_step=after_step)
+        probe_title = (f"online k-NN probe of the encoder (k={cfg.knn_k}, {cfg.knn_bank} labelled images vote for "
+                       f"{cfg.knn_queries} others)")
+        return trainer.fit(job, outputs=lambda run_dir: _outputs(cfg, trainer.final(model), run_dir),
+                           curve=Curve("loss_curve.png", f"MAE pretraining of {cfg.model}", extra=("knn_top1",),
+                                       extra_title=probe_title))
+
+
+def transform_for_probe(cfg: PretrainConfig, video: bool, channels: int, mean, std):
+    """The probe's view of an image (resize and centre crop) or a clip (its middle clip, centre crop)."""
+    d = cfg.data
+    if video:
+        return video_eval_transform(d.num_frames or 16, d.frame_stride, d.img_size, mean, std, decoder=d.video_decoder)
+    return eval_transform(d.img_size, mean, std, channels=channels)
+
+
+def probe_due(step: int, stop: int, total: int, every: int | None, probes: int = 4) -> bool:
+    """Whether the online probe runs after ``step``: after the first step, every ``every`` steps (None: ``probes``
+    times over the ``total``) and after the last (``stop``), skipping a periodic probe within half a period of it."""
+    every = every if every is not None else max(1, total // probes)
+    return step == 1 or step == stop or (step % every == 0 and 2 * (stop - step) >= every)
+
+
+def knn_probe(cfg: PretrainConfig, dataset, transform, device: torch.device, *, sharded: bool = False):
+    """``encoder -> k-NN top-1 (%)`` on a fixed labelled subset of the data, or None when the data has no labels
+    (or ``knn_every=0``): ``knn_bank`` training images spread over the classes vote (weighted k-NN on the pooled
+    features, as ``eval --knn``) for ``knn_queries`` others (Fashion-MNIST: test images)."""
+    if cfg.knn_every == 0:
+        return None
+    if sharded:
+        log.info("online k-NN probe: off under parallel=fsdp (it runs on the main process alone)")
+        return None
+    labels = item_labels(dataset)
+    classes = sorted({label for label in labels if label >= 0})
+    if len(classes) < 2:
+        log.info("online k-NN probe: off (the data has no class labels)")
+        return None
+    order = spread_over_classes(labels, cfg.knn_bank + cfg.knn_queries)
+    bank = torch.utils.data.Subset(dataset, order[:cfg.knn_bank])
+    if cfg.data.source == "fashion-mnist":
+        test, _, _, _ = build_dataset("fashion-mnist", "test")
+        queries = torch.utils.data.Subset(test, spread_over_classes(item_labels(test), cfg.knn_queries))
+    else:
+        queries = torch.utils.data.Subset(dataset, order[cfg.knn_bank:])
+    if len(queries) == 0:
+        log.info("online k-NN probe: off (%d labelled items, all in its bank of %d)", len(bank), cfg.knn_bank)
+        return None
+    log.info("online k-NN probe: %d labelled items vote for %d (k=%d)", len(bank), len(queries), cfg.knn_k)
+
+    def probe(encoder: nn.Module) -> float:
+        train_x, train_y = dataset_features(encoder, bank, transform, device=device)
+        query_x, query_y = dataset_features(encoder, queries, transform, device=device)
+        scores = knn_classify(train_x, train_y, query_x, num_classes=max(classes) + 1, k=cfg.knn_k)
+        return round((scores.argmax(1) == query_y).float().mean().item() * 100, 2)
+
+    return probe
 
 
 def _outputs(cfg: PretrainConfig, model: nn.Module, run_dir: Path) -> dict[str, str]:

@@ -36,21 +36,28 @@ def smooth(values: Sequence[float], momentum: float | None = None) -> list[float
     return out
 
 
+SERIES_LABELS = {"val_top1": "validation top-1", "val_top5": "validation top-5", "ema_val_top1": "EMA validation top-1",
+                 "knn_top1": "k-NN top-1 (online probe)"}
+
+
 def plot_curve(csv_path: Path, png_path: Path, *, y: str = "loss", title: str = "training",
-               extra: Sequence[str] = ()) -> Path:
+               extra: Sequence[str] = (), extra_title: str = "validation") -> Path:
     """``y`` against ``step`` from a run's ``log.csv`` (raw values faint, their running mean solid, the learning
-    rate on a second axis); columns in ``extra`` that have values (e.g. validation accuracy) in a second panel."""
+    rate on a second axis); columns in ``extra`` that have values (e.g. validation accuracy, the online k-NN probe)
+    in a panel under it, on the same steps."""
     _, rows = files.read_csv(csv_path)
     points = [(int(r["step"]), float(r[y])) for r in rows if r.get(y) not in (None, "")]
     series = {k: [(int(r["step"]), float(r[k])) for r in rows if r.get(k) not in (None, "")] for k in extra}
     series = {k: v for k, v in series.items() if v}
-    fig, axes = plt.subplots(1, 2 if series else 1, figsize=(11 if series else 6.5, 3.8), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(2 if series else 1, 1, figsize=(7, 6.4 if series else 3.8), dpi=120, squeeze=False,
+                             sharex=True, gridspec_kw={"height_ratios": [3, 2]} if series else None)
     ax = axes[0, 0]
     if points:
         steps, values = zip(*points)
         ax.plot(steps, values, color="tab:blue", alpha=0.3, linewidth=0.8, label=f"{y} (each logged step)")
         ax.plot(steps, smooth(values), color="tab:blue", linewidth=1.8, label=f"{y} (running mean)")
-    ax.set_xlabel("optimizer step")
+    if not series:
+        ax.set_xlabel("optimizer step")
     ax.set_ylabel(y)
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -64,12 +71,12 @@ def plot_curve(csv_path: Path, png_path: Path, *, y: str = "loss", title: str = 
     if handles:
         ax.legend(handles, labels, fontsize=8, loc="upper right")
     if series:
-        ax = axes[0, 1]
+        ax = axes[1, 0]
         for k, pts in series.items():
-            ax.plot(*zip(*pts), marker="o", label=k)
+            ax.plot(*zip(*pts), marker="o", markersize=3, label=SERIES_LABELS.get(k, k))
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("accuracy (%)" if all("top" in k for k in series) else "value")
-        ax.set_title("validation")
+        ax.set_title(extra_title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return save_figure(fig, png_path)

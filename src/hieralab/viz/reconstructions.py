@@ -169,7 +169,8 @@ def reconstruct_videos(model: nn.Module, source: str, out_dir: Path, img_size: i
         if not isinstance(views, Unreadable):
             xs.append(views[0])
             names.append(f"recon_{i:03d}")
-            labels.append(f"{classes[label]}: {Path(path).name}" if 0 <= label < len(classes) else Path(path).name)
+            name = Path(str(path)).name  # a file, or a shard member ("shard-000000.tar:000000007")
+            labels.append(f"{classes[label]}: {name}" if 0 <= label < len(classes) else name)
     if not xs:
         raise ValueError(f"no readable clips in {source}")
     x = torch.stack(xs).to(next(model.parameters()).device)

@@ -1,0 +1,197 @@
+"""``hieralab segment``: semantic segmentation with a light FPN head (Panoptic FPN's semantic branch) on any
+encoder here, trained with the dense recipe (AdamW, layer-wise lr decay, drop path, scale-jitter and crop,
+cross-entropy with pixels marked 255 ignored) through the shared :class:`~hieralab.engine.trainer.Trainer`.
+
+Data is a folder of images and one of mask PNGs of the same names (``data.train_images``, ``data.train_masks``,
+``data.val_images``, ``data.val_masks``; ADE20K's layout with ``data.reduce_zero_label``), by default the
+Fashion-MNIST scenes (11 classes: background and the 10 garments). At the end the validation set is scored, on
+whole images or by sliding windows (``inference``): ``metrics.json`` (``mIoU``, per-class IoU, pixel accuracy),
+``predictions.png`` (image | ground truth | prediction) and ``model/`` (with ``segmenter.json``: the classes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .. import files, seeds
+from ..config import SegmentConfig, from_dict
+from ..data.coco import DenseSamples, eval_transform, train_transform
+from ..data.images import Unreadable, load_image
+from ..data.masks import IGNORE, MaskFolder
+from ..data.scenes import dense_sources
+from ..engine.artifacts import check_model, data_tag, image_files, run_config
+from ..engine.dense import (dense_job, encoder_start, evaluate_segmentation, load_init, save_dense_model,
+                            segment_logits)
+from ..engine.trainer import Curve, Trainer
+from ..errors import DataError
+from ..models.checkpoint import from_pretrained
+from ..models.dense import Segmenter
+from ..viz.detections import draw_segmentations
+
+log = logging.getLogger(__name__)
+META = "segmenter.json"
+
+
+def datasets(cfg: SegmentConfig) -> tuple[MaskFolder, MaskFolder, dict[str, Any]]:
+    src = dense_sources(cfg.data)
+    if not src["classes"]:
+        raise DataError("data.classes: name the classes of your masks by index, e.g. "
+                        "'data.classes=[background,road,car]'")
+    if not src["train_masks"] or not src["val_masks"]:
+        raise DataError("set data.train_masks and data.val_masks to the folders of the mask PNGs")
+    d = cfg.data
+    train = MaskFolder(src["train_images"], src["train_masks"], classes=src["classes"],
+                       reduce_zero_label=d.reduce_zero_label, limit=d.limit)
+    val = MaskFolder(src["val_images"], src["val_masks"], classes=src["classes"],
+                     reduce_zero_label=d.reduce_zero_label, limit=d.limit)
+    return train, val, src
+
+
+def build_model(cfg: SegmentConfig, num_classes: int, encoder_args: dict[str, Any], init) -> Segmenter:
+    """The segmenter: ``cfg.model`` built with ``encoder_args`` (:func:`~hieralab.engine.dense.encoder_start`), the
+    encoder's weights from ``init``."""
+    model = Segmenter(encoder=cfg.model, encoder_args=encoder_args, num_classes=num_classes, neck=cfg.neck,
+                      neck_channels=cfg.neck_channels, head_width=cfg.head_width)
+    load_init(model, init, cfg.init)
+    return model
+
+
+class Normalised(torch.nn.Module):
+    """A segmenter fed 0..1 images: normalises them with the data's mean and std first."""
+
+    def __init__(self, model: Segmenter, mean, std):
+        super().__init__()
+        C = model.encoder.in_chans
+        self.model = model
+        self.register_buffer("mean", torch.tensor(list(mean)[:C]).view(1, C, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std)[:C]).view(1, C, 1, 1), persistent=False)
+
+    @property
+    def backbone(self):
+        return self.model.backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
+def write_results(model: Normalised, dataset: MaskFolder, out: Path, *, device, mode: str, window: int,
+                  pictures: int, title: str) -> dict[str, Any]:
+    """mIoU of ``dataset``: ``metrics.json`` and ``predictions.png`` in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = evaluate_segmentation(model, dataset, eval_transform(), dataset.classes, device=device, mode=mode,
+                                    window=window)
+    metrics = {**metrics, "images": len(dataset), "inference": mode}
+    files.write_json(out / "metrics.json", metrics)
+    if pictures:
+        items = []
+        for i in range(min(pictures, len(dataset))):
+            image, truth = dataset[i]
+            x = eval_transform()(image, truth)[0]
+            with torch.no_grad():
+                pred = segment_logits(model.eval(), x[None].to(device), mode=mode, window=window).argmax(1)[0]
+            items.append((x, truth["mask"], pred.cpu()))
+        draw_segmentations(items, dataset.classes, out / "predictions.png",
+                           title=f"{title}: mIoU {metrics['mIoU']:.1f}")
+    log.info("%s: mIoU %.2f, pixel accuracy %.2f", title, metrics["mIoU"], metrics["pixel_accuracy"])
+    return metrics
+
+
+def run(cfg: SegmentConfig, *, resume: bool = False, **options: Any) -> dict[str, Any]:
+    """Train, then score the validation set; returns the summary (with mIoU)."""
+    check_model(cfg.model, cfg.model_args, mae=False)
+    with Trainer(cfg, task="segment", resume=resume, **options) as trainer:
+        train_set, val_set, src = datasets(cfg)
+        args, init = encoder_start(cfg, [p for p, _ in train_set.samples], src["train_images"])
+        torch.manual_seed(seeds.seed_int(cfg.seed, "init"))
+        model = build_model(cfg, len(src["classes"]), args, init).to(trainer.device)
+        net = Normalised(model, src["mean"], src["std"]).to(trainer.device)
+        d = cfg.data
+        samples = DenseSamples(train_set, train_transform(d.img_size, scale_range=d.scale_range, hflip=d.hflip,
+                                                          boxes=False, mask_fill=IGNORE), seed=cfg.seed)
+        log.info("segmenter on %s: %d train / %d val images, %d classes, %d channels", cfg.model, len(train_set),
+                 len(val_set), len(src["classes"]), args["in_chans"])
+        train_model = trainer.wrap(net)
+
+        def forward(batch: dict[str, Any], step: int, k: int) -> torch.Tensor:
+            x = torch.stack(batch["x"]).to(trainer.device)  # [B, C, S, S]: the training crops share one size
+            y = torch.stack([t["mask"] for t in batch["target"]]).long().to(trainer.device)  # [B, S, S]
+            return F.cross_entropy(train_model(x), y, ignore_index=IGNORE)
+
+        def outputs(run_dir: Path) -> dict[str, Any]:
+            save_dense_model(model, run_dir / "model", "segmenter", META, {
+                "classes": src["classes"], "mean": list(src["mean"]), "std": list(src["std"]), "encoder": cfg.model})
+            metrics = write_results(net, val_set, run_dir, device=trainer.device, mode=cfg.inference,
+                                    window=d.img_size, pictures=cfg.pictures, title=f"segmenter on {cfg.model}")
+            return {"mIoU": metrics["mIoU"], "pixel_accuracy": metrics["pixel_accuracy"],
+                    "model": str(run_dir / "model"), "metrics": str(run_dir / "metrics.json")}
+
+        job = dense_job(cfg, model, samples, forward, SegmentConfig().optim.base_lr)
+        return trainer.fit(job, outputs=outputs, curve=Curve("curves.png", f"segmenter on {cfg.model}"))
+
+
+def load_segmenter(run: str | Path) -> tuple[Normalised, dict[str, Any], dict[str, Any]]:
+    """``(segmenter taking 0..1 images, segmenter.json, the run's config)`` of a finished segment run."""
+    run = Path(run).expanduser()
+    folder = run / "model" if (run / "model" / META).exists() else run
+    if not (folder / META).exists():
+        raise FileNotFoundError(f"{run} is not a segment run (no model/{META})")
+    meta = json.loads((folder / META).read_text())
+    model = from_pretrained(folder, expect=Segmenter)
+    return Normalised(model, meta["mean"], meta["std"]).eval(), meta, run_config(folder.parent)
+
+
+def evaluate_run(run: str, *, images: str | None = None, masks: str | None = None, out: str | None = None,
+                 device: str = "cpu", inference: str = "whole", pictures: int = 8) -> dict[str, Any]:
+    """mIoU of a finished segment run on its validation set or another image + mask folder pair."""
+    net, meta, cfg = load_segmenter(run)
+    parsed = from_dict(SegmentConfig, cfg) if cfg else SegmentConfig()
+    if images is None:
+        src = dense_sources(parsed.data)
+        images, masks = src["val_images"], src["val_masks"]
+    if masks is None:
+        raise ValueError("--masks: the folder of the mask PNGs of --images")
+    dataset = MaskFolder(images, masks, classes=meta["classes"], reduce_zero_label=parsed.data.reduce_zero_label)
+    target = Path(out) if out else Path(run) / f"eval-{data_tag([images])}"
+    metrics = write_results(net.to(device), dataset, target, device=device, mode=inference,
+                            window=parsed.data.img_size, pictures=pictures, title=f"segmenter on {meta['encoder']}")
+    return {**metrics, "out": str(target)}
+
+
+@torch.no_grad()
+def predict_images(run: str, inputs: list[str], *, out: str | None = None, inference: str = "whole",
+                   device: str = "cpu") -> dict[str, Any]:
+    """Class masks of a finished segment run for new images (files and folders): one PNG of class indices per
+    image in ``out/masks/`` (default ``<run>/predict-<inputs>``) and ``predictions.png``."""
+    net, meta, cfg = load_segmenter(run)
+    net.to(device)
+    window = (from_dict(SegmentConfig, cfg) if cfg else SegmentConfig()).data.img_size
+    target = Path(out) if out else Path(run) / f"predict-{data_tag(inputs)}"
+    (target / "masks").mkdir(parents=True, exist_ok=True)
+    written, items, bad = [], [], []
+    for path in image_files(inputs):
+        try:
+            image = eval_transform()(load_image(path), {})[0]
+        except Exception as e:
+            bad.append(f"{path} ({Unreadable.of(path, e).reason})")
+            continue
+        pred = segment_logits(net, image[None].to(device), mode=inference, window=window).argmax(1)[0].cpu()
+        mask_path = target / "masks" / f"{path.stem}.png"
+        png = Image.fromarray(pred.numpy().astype(np.uint8))
+        files.atomic_write(mask_path, lambda p, png=png: png.save(p, format="PNG"))
+        written.append(str(mask_path))
+        if len(items) < 8:
+            items.append((image, torch.full_like(pred, IGNORE), pred))
+    if items:
+        draw_segmentations(items, meta["classes"], target / "predictions.png",
+                           title=f"segmenter on {meta['encoder']} (new images: no ground truth)")
+    for line in bad:
+        log.warning("unreadable, skipped: %s", line)
+    return {"out": str(target), "masks": written, "unreadable": len(bad)}
