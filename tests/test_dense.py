@@ -3,6 +3,7 @@ any size, torchvision's detectors and the semantic head on our encoders, COCO AP
 ``hieralab detect`` / ``segment`` / ``eval`` / ``predict`` end to end on tiny scenes."""
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -245,3 +246,17 @@ def test_cli_segment_trains_scores_and_draws(scenes, tmp_path, capsys):
     assert main(["predict", str(scenes / "val" / "images"), "--checkpoint", str(run), "--out",
                  str(tmp_path / "masks")]) == 0
     assert len(os.listdir(tmp_path / "masks" / "masks")) == 8
+
+
+def test_mask_indices_beyond_the_named_classes_are_ignored_and_said_once(tmp_path, caplog):
+    from hieralab.data.masks import IGNORE, MaskFolder
+    (tmp_path / "img").mkdir(), (tmp_path / "ann").mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "img" / f"{name}.png")
+        Image.fromarray(np.array([[0, 1, 5, 255]] * 8, np.uint8).repeat(2, 1)).save(tmp_path / "ann" / f"{name}.png")
+    folder = MaskFolder(tmp_path / "img", tmp_path / "ann", classes=["background", "shirt"])
+    with caplog.at_level(logging.WARNING):
+        masks = [folder[i][1]["mask"] for i in range(2)]
+    assert masks[0][0].tolist() == [0, 0, 1, 1, IGNORE, IGNORE, IGNORE, IGNORE]
+    said = [r.getMessage() for r in caplog.records if "data.classes names 2 classes" in r.getMessage()]
+    assert len(said) == 1 and "class index 5" in said[0]

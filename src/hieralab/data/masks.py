@@ -46,6 +46,7 @@ class MaskFolder(torch.utils.data.Dataset):
         if not self.samples:
             raise DataError(f"no image of {self.image_dir} has a mask of the same name in {self.mask_dir}")
         self.classes, self.reduce_zero_label = list(classes), reduce_zero_label
+        self.warned = False  # about mask indices beyond the classes
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -64,5 +65,12 @@ class MaskFolder(torch.utils.data.Dataset):
         mask = mask.astype(np.int64)
         if self.reduce_zero_label:  # ADE20K: 0 is "other", ignored; class k is stored as k + 1
             mask = np.where((mask == 0) | (mask == IGNORE), IGNORE, mask - 1)
-        mask[(mask >= len(self.classes)) & (mask != IGNORE)] = IGNORE  # indices outside the classes: ignored
+        beyond = (mask >= len(self.classes)) & (mask != IGNORE)
+        if beyond.any():  # indices outside the classes: ignored, and said once
+            if not self.warned:
+                self.warned = True
+                log.warning("%s holds class index %d but data.classes names %d classes (0..%d): those pixels are "
+                            "ignored; name every class in data.classes", mask_path, mask[beyond].max(),
+                            len(self.classes), len(self.classes) - 1)
+            mask[beyond] = IGNORE
         return image, {"mask": torch.from_numpy(mask.astype(np.uint8))}
