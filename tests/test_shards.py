@@ -56,6 +56,10 @@ def test_shards_without_an_index_are_counted_and_writing_never_overwrites(shards
     assert len(ds) == 40 and ds.classes == ["0", "1"]  # names unknown without the index: the indices
     assert main(["shards", "fashion-mnist", str(copy)]) == 1  # not empty
     assert "not empty" in error_lines(capsys.readouterr().err)[0]
+    (copy / ".shard-000008.tar.tmp").write_bytes(b"")  # a write killed in the middle of a shard
+    assert main(["shards", "fashion-mnist", str(copy)]) == 1
+    assert "a write that did not finish" in error_lines(capsys.readouterr().err)[0]
+    (copy / ".shard-000008.tar.tmp").unlink()
     assert main(["pretrain", f"data.source={copy}/shard-{{000000..000009}}.tar", f"out_dir={tmp_path / 'r'}"]) == 1
     errors = error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and "2 of 10 shards do not exist" in errors[0]

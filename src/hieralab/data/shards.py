@@ -303,6 +303,10 @@ def shard_source(source: str, out: str | os.PathLike, *, shard_size: int = 1000)
 
     target = Path(out).expanduser()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        names = [p.name for p in target.iterdir()] if target.is_dir() else []
+        if any(re.fullmatch(r"\.shard-\d+\.tar\.tmp", n) for n in names) and "shards.json" not in names:
+            raise DataError(f"{target} holds the shards of a write that did not finish (no shards.json); remove the "
+                            "folder and run again, or give a new one")
         raise DataError(f"{target} exists and is not empty; give a new folder for the shards (nothing is "
                         "overwritten)")
     if shard_size < 1:
