@@ -62,6 +62,9 @@ def test_a_recipe_builds_and_gives_the_papers_lr_at_its_batch(name):
         assert cfg.mask_ratio == (0.9 if video else 0.6)
     else:
         assert (cfg.aug.mixup, cfg.aug.cutmix, cfg.aug.smoothing) == (0.8, 1.0, 0.1)
+        # RandAug (9, 0.5) on images (Tab. 14), (7, 0.5) on clips (Tab. 11b); erasing 0.25 (MAE / MAE-ST code)
+        randaug = "rand-m7-mstd0.5-inc1-mmax9" if video else "rand-m9-mstd0.5-inc1-mmax9"
+        assert (cfg.aug.randaug, cfg.aug.reprob) == (randaug, 0.25)
         assert cfg.init == f"runs/{name.replace('finetune_', 'mae_')}"
 
 
@@ -69,7 +72,8 @@ def test_a_recipe_builds_and_gives_the_papers_lr_at_its_batch(name):
 def test_every_recipe_value_names_its_source(name):
     """A hyperparameter line carries a comment citing the table (or the code it falls back to)."""
     keys = ("base_lr", "weight_decay", "betas", "warmup_epochs", "epochs", "mask_ratio", "drop_path", "layer_decay",
-            "mixup", "cutmix", "smoothing", "repeat_aug", "clip_grad", "head_dropout", "min_lr", "crop_scale")
+            "mixup", "cutmix", "smoothing", "repeat_aug", "clip_grad", "head_dropout", "min_lr", "crop_scale",
+            "randaug", "reprob")
     for line in (PRESETS / f"{name}.yaml").read_text().splitlines():
         key = line.strip().split(":")[0]
         if key in keys:

@@ -3,6 +3,7 @@ the CLI with its frame-strip and GIF reconstructions. Clips the tests encode the
 in ../shared/media when present."""
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,47 @@ def test_without_torchcodec_auto_falls_back_to_pyav(tmp_path, monkeypatch, capsy
     assert decode_frames(path, [1, 2]).shape == (2, 40, 48, 3)
     with pytest.raises(Exception, match="cannot load .*install Debian's ffmpeg .*video_decoder=pyav"):
         video.pick_decoder("torchcodec")
+
+
+def test_randaugment_draws_once_per_clip_and_erasing_cuts_one_box_through_every_frame():
+    """MAE-ST's fine-tuning augmentation of a clip: RandAugment with the same ops and magnitudes for every frame
+    (a clip of identical frames stays identical, and changes), random erasing in one box at the same place in every
+    frame with noise of its own per frame; each a function of the sample's key, and each view its own draws."""
+    from hieralab.data.streams import sample_key
+    from hieralab.data.video import erase_clip, randaugment_clip
+
+    frame = torch.randint(0, 256, (1, 3, 40, 48), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    clip = frame.expand(6, -1, -1, -1)
+    torch.manual_seed(0)
+    changed = []  # random pixels: AutoContrast and a few others leave them as they are
+    for seed in range(32):
+        random.seed(seed)
+        out = randaugment_clip(clip, "rand-m7-mstd0.5-inc1-mmax9")
+        assert out.shape == clip.shape and out.dtype == torch.uint8
+        assert all(torch.equal(out[0], out[t]) for t in range(6))  # the same draws for every frame
+        changed.append(not torch.equal(out[0], frame[0]))
+    assert sum(changed) >= 8  # two ops per clip, each applied with p 0.5 (timm's RandAugment): ~3 clips in 4 change
+
+    x = torch.zeros(3, 5, 32, 32)
+    erased = [erase_clip(x, 1.0) for _ in range(20)]
+    for e in erased:
+        box = (e != 0).any(0)  # [T, H, W]
+        assert box[0].any() and all(torch.equal(box[0], box[t]) for t in range(5))  # one box, in every frame
+        assert not torch.equal(e[:, 0], e[:, 1])  # noise drawn for each frame
+        assert 0.02 * 32 * 32 * 0.9 <= box[0].sum() <= 32 * 32 / 3 * 1.1  # 2-33 % of the frame
+    assert len({tuple(e.ne(0).any(0)[0].nonzero()[0].tolist()) for e in erased}) > 1  # boxes at their own places
+    assert sum(torch.equal(erase_clip(x, 0.25), x) for _ in range(200)) in range(120, 181)  # p = 0.25: ~150 kept
+
+    tf = video_train_transform(4, 1, 32, (0.5,) * 3, (0.25,) * 3, repeats=2, randaug="rand-m7-mstd0.5-inc1-mmax9",
+                               reprob=1.0)
+    path = MEDIA / "dog.mp4"
+    if not path.exists():
+        return
+    with sample_key(0, 0, 3):
+        a = tf(path)
+    with sample_key(0, 0, 3):
+        b = tf(path)
+    with sample_key(0, 0, 4):
+        c = tf(path)
+    assert a.shape == (2, 3, 4, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)  # a function of the key
+    assert not torch.equal(a[0], a[1])  # the two views: their own start, crop, RandAugment and erasing

@@ -30,6 +30,7 @@ STREAMS: dict[str, int] = {
     "scenes": 14,  # the layout of generated Fashion-MNIST scenes
     "shards": 15,  # the order of tar shards in an epoch
     "shuffle_buffer": 16,  # a shard reader's shuffle buffer
+    "erase": 17,  # video: random erasing of a clip (its box and noise)
 }
 
 

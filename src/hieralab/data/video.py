@@ -23,11 +23,14 @@ import io
 import json
 import logging
 import os
+import random
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms import v2
 
 from ..errors import DataError
@@ -257,24 +260,72 @@ def read_clip(path: Path, num_frames: int, stride: int, *, start: int | None = N
     return clips if isinstance(clips, Unreadable) else clips[0]
 
 
+@functools.lru_cache(maxsize=16)
+def _rand_augment(config: str, min_side: int) -> Callable:
+    from timm.data.auto_augment import rand_augment_transform
+
+    # as MAE-ST (PySlowFast's create_random_augment): translations up to 0.45 of the frame's short side, bicubic
+    return rand_augment_transform(config, {"translate_const": int(min_side * 0.45),
+                                           "interpolation": Image.BICUBIC})
+
+
+def randaugment_clip(frames: torch.Tensor, config: str) -> torch.Tensor:
+    """timm's RandAugment (``config``, e.g. ``"rand-m7-mstd0.5-inc1"``) on a clip ``uint8 [T, 3, H, W]``, with
+    the same draws for every frame (the ops, their magnitudes and whether each applies), as MAE-ST augments its
+    fine-tuning clips: the draws of the first frame are replayed (``random`` and NumPy's state) for every other."""
+    augment = _rand_augment(config, min(frames.shape[-2:]))
+    state_py, state_np = random.getstate(), np.random.get_state()
+    out = []
+    for frame in frames:
+        random.setstate(state_py)
+        np.random.set_state(state_np)
+        out.append(v2.functional.pil_to_tensor(augment(v2.functional.to_pil_image(frame))))
+    return torch.stack(out)  # [T, 3, H, W]
+
+
+def erase_clip(clip: torch.Tensor, probability: float) -> torch.Tensor:
+    """MAE-ST's random erasing of a normalised clip ``[3, T, H, W]`` (PySlowFast's ``cube`` mode, ``pixel`` fill):
+    with ``probability``, one box of 2-33 % of the frame (aspect 0.3-3.3, torchvision's RandomErasing draws it) at
+    the same place in every frame, filled with normal noise drawn for each frame."""
+    if probability <= 0 or torch.rand(()).item() >= probability:
+        return clip
+    from torchvision.transforms import RandomErasing
+
+    i, j, h, w, _ = RandomErasing.get_params(clip[:, 0], scale=(0.02, 1 / 3), ratio=(0.3, 1 / 0.3), value=[0.0])
+    if (h, w) == tuple(clip.shape[-2:]):  # no box fitted in its 10 tries: left as it is
+        return clip
+    clip = clip.clone()
+    clip[:, :, i:i + h, j:j + w] = torch.randn(clip.shape[0], clip.shape[1], h, w, dtype=clip.dtype)
+    return clip
+
+
 def video_train_transform(num_frames: int, stride: int, img_size: int, mean: Sequence[float], std: Sequence[float],
                           *, scale: Sequence[float] = (0.2, 1.0), hflip: bool = True, repeats: int = 1,
-                          decoder: str = "auto"):
+                          randaug: str | None = None, reprob: float = 0.0, decoder: str = "auto"):
     """``path -> float [3, T, H, W]`` or :class:`Unreadable`: a clip at a random start (the sample's "clip"
     stream), one RandomResizedCrop and flip for all its frames ("crop", "flip"), normalised.
 
+    Fine-tuning adds MAE-ST's clip augmentation: ``randaug`` (a timm RandAugment config) on the decoded frames before
+    the crop, the same ops for every frame ("augment"), and random erasing after it with probability ``reprob``
+    (:func:`erase_clip`, "erase").
+
     ``repeats > 1`` is MAE-ST's repeated augmentation: ``repeats`` clips, each at its own random start with its own
-    crop and flip, cut from one decoding pass of the video, as ``float [repeats, 3, T, H, W]``; decoding dominates
-    the loader's time, so R clips cost little more than one."""
+    crop, flip, RandAugment and erasing, cut from one decoding pass of the video, as ``float [repeats, 3, T, H, W]``;
+    decoding dominates the loader's time, so R clips cost little more than one."""
     spatial = v2.Compose([
         *random_crop_flip(img_size, scale, hflip),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(list(mean), list(std)),
     ])
+    augment = streams.Seeded("augment", lambda frames: randaugment_clip(frames, randaug)) if randaug else None
+    erase = streams.Seeded("erase", lambda clip: erase_clip(clip, reprob)) if reprob > 0 else None
 
     def one(clip: torch.Tensor, r: int) -> torch.Tensor:
         with streams.view(r):
-            return spatial(clip.permute(0, 3, 1, 2)).permute(1, 0, 2, 3)  # [T, 3, H, W] (one crop) -> [3, T, H, W]
+            frames = clip.permute(0, 3, 1, 2)  # [T, 3, H, W]
+            frames = augment(frames) if augment else frames
+            x = spatial(frames).permute(1, 0, 2, 3)  # one crop for all frames: [T, 3, S, S] -> [3, T, S, S]
+            return erase(x) if erase else x
 
     def transform(path: Path) -> torch.Tensor | Unreadable:
         clips = read_clips(path, num_frames, stride, count=repeats, generator=streams.generator("clip"),

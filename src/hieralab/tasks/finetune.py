@@ -114,10 +114,11 @@ def run(cfg: FinetuneConfig, *, resume: bool = False, **options: Any) -> dict[st
                                 "channels": model.in_chans,
                                 "preprocess": preprocessing(d.img_size, mean, std, channels=model.in_chans)}
         repeats = check_repeat_aug(d, video)
-        if video:  # one crop and flip per clip; RandAugment and erasing are image recipes, not used here
+        if video:  # one crop, flip and RandAugment for all frames of a clip, erasing in the same box (MAE-ST)
             frames = d.num_frames or model.config["input_size"][0]
             train_tf = video_train_transform(frames, d.frame_stride, d.img_size, mean, std, scale=a.crop_scale,
-                                             hflip=a.hflip > 0, repeats=repeats, decoder=d.video_decoder)
+                                             hflip=a.hflip > 0, repeats=repeats, randaug=a.randaug, reprob=a.reprob,
+                                             decoder=d.video_decoder)
             val_tf = video_eval_transform(frames, d.frame_stride, d.img_size, mean, std,  # 1 view while training
                                           decoder=d.video_decoder)
             meta.update(num_frames=frames, frame_stride=d.frame_stride)
