@@ -2,6 +2,7 @@
 DDP, reconstructions and the CLI's errors. Tiny models on images the tests draw themselves."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -240,9 +241,9 @@ def test_the_loss_is_read_once_per_optimizer_step(tmp_path, clean_images, monkey
     import hieralab.engine.trainer as trainer_module
     from hieralab.engine import distributed
     monkeypatch.setattr(trainer_module, "plot_curve", lambda *a, **k: tmp_path / "curve.png")  # no drawing
-    real_mean, real_item = distributed.all_mean, torch.Tensor.item
+    real_sum, real_item = distributed.all_sum, torch.Tensor.item
     means, items = [], []
-    monkeypatch.setattr(distributed, "all_mean", lambda x: means.append(x.numel()) or real_mean(x))
+    monkeypatch.setattr(distributed, "all_sum", lambda x: means.append(x.numel()) or real_sum(x))
     monkeypatch.setattr(torch.Tensor, "item",
                         lambda self: (items.append(1) if self.is_floating_point() and not any(
                             "torchvision" in f.filename for f in traceback.extract_stack()) else None)
@@ -252,7 +253,7 @@ def test_the_loss_is_read_once_per_optimizer_step(tmp_path, clean_images, monkey
         means.clear(), items.clear()
         run(args(tmp_path / f"acc{accum}", clean_images, "optim.batch_size=2", f"optim.accum_steps={accum}",
                  "max_steps=3", "ckpt_every=100", "recon_images=0"))
-        assert means == [1, 1, 1]  # one loss value per step, over all its micro-batches
+        assert means == [2, 2, 2]  # one (loss x images, images) pair per step, over all its micro-batches
         counts[accum] = len(items)
     assert counts[4] == counts[1]
 
@@ -298,3 +299,43 @@ def test_the_online_probe_runs_at_the_start_four_times_over_the_run_and_at_the_e
     assert due == [1, 117, 234, 351, 469]  # 468 is a period multiple, but too close to the last step's probe
     assert [s for s in range(1, 11) if probe_due(s, stop=10, total=10, every=3)] == [1, 3, 6, 10]  # 9: too close
     assert [s for s in range(101, 201) if probe_due(s, stop=200, total=400, every=None)] == [200]  # resumed slice
+
+
+def _good_and_corrupt(root: Path, good: int, corrupt: int) -> Path:
+    """``good`` drawn images and ``corrupt`` files that are not images, in one flat folder."""
+    drawn = draw_images(root / "drawn", good)
+    flat = root / "flat"
+    flat.mkdir()
+    for i, p in enumerate(sorted(drawn.rglob("*.png"))):
+        (flat / f"good-{i:03d}.png").write_bytes(p.read_bytes())
+    for i in range(corrupt):
+        (flat / f"zz-bad-{i:03d}.png").write_bytes(b"not a png")
+    return flat
+
+
+def test_a_micro_batch_of_unreadable_files_weighs_nothing_in_the_logged_loss(tmp_path):
+    """The step's loss is the mean over the images it trained on: one good image and one corrupt file in two
+    micro-batches of one log the losses of the good image alone in one micro-batch (the empty micro-batch once
+    doubled them)."""
+    both, alone = _good_and_corrupt(tmp_path / "both", 1, 1), _good_and_corrupt(tmp_path / "alone", 1, 0)
+    common = ("optim.batch_size=1", "epochs=3", "recon_images=0")  # 1 step per epoch
+    run(args(tmp_path / "r2", both, *common, "optim.accum_steps=2"))
+    run(args(tmp_path / "r1", alone, *common, "optim.base_lr=2e-2"))  # the lr scales with batch x accum: the same lr
+    two, one = losses(tmp_path / "r2"), losses(tmp_path / "r1")
+    assert [s for s, _ in two] == [1, 2, 3]
+    for (_, a), (_, b) in zip(two, one, strict=True):
+        assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_two_processes_go_on_when_one_gets_only_unreadable_files(tmp_path):
+    """Under DDP a process whose micro-batch is all unreadable runs its last readable one again at weight 0, so
+    the other's gradient all-reduce is answered (it used to wait for ever)."""
+    from hieralab.files import read_csv
+    images = _good_and_corrupt(tmp_path, 6, 6)
+    out = tmp_path / "run"
+    proc = torchrun("pretrain", *args(out, images, "optim.batch_size=1", "max_steps=6", "recon_images=0"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = read_csv(out / "log.csv")[1]
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    finite = [math.isfinite(float(r["loss"])) for r in rows]  # nan: both processes' files unreadable, no update
+    assert int(rows[-1]["skipped"]) > 0 and sum(finite) >= 3

@@ -43,6 +43,14 @@ def all_mean(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def all_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of a tensor over processes (identity without a process group)."""
+    if dist.is_available() and dist.is_initialized():
+        x = x.clone()
+        dist.all_reduce(x)
+    return x
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

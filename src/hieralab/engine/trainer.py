@@ -371,6 +371,7 @@ class Trainer:
                    dynamic_ncols=True)
         job.model.train()
         start_time, skipped_total, first = time.perf_counter(), 0, step
+        stand_in = None  # the last readable micro-batch: run at weight 0 in place of an unreadable one (see below)
         per_step = job.batch_size * job.accum_steps * dist.world * job.clips_per_sample
 
         def trained() -> dict[str, float]:  # all the run's training so far, this session and the ones before
@@ -396,19 +397,30 @@ class Trainer:
                     for k, batch in enumerate(group):
                         skipped_total += batch["skipped"]
                         self._note_unreadable(batch["unreadable"])
-                        if batch["size"] == 0:
-                            continue
+                        size = batch["size"]
+                        if size == 0:  # every file of the micro-batch unreadable
+                            if dist.world == 1:
+                                continue
+                            # the other processes' forward and backward wait for this one's collectives: run the
+                            # last readable micro-batch again, at weight 0
+                            batch = stand_in or job.collate([job.samples[(0, first_readable(job.samples))]])
+                        stand_in = batch
                         self._seed_step(step, k)
                         sync = k == len(group) - 1 or dist.world == 1
                         quiet = contextlib.nullcontext() if sync else self.no_sync(train_model)  # DDP: no all-reduce
                         with quiet, autocast(device, cfg.amp):
                             loss = job.forward(batch, step, k)
-                            (loss * (batch["size"] / group_size)).backward()
-                        losses.append(loss.detach().float() * (batch["size"] * len(group) / group_size))
-                        images += batch["size"]
+                            (loss * (size / group_size)).backward()
+                        losses.append(loss.detach().float() * size)
+                        images += size
+                    # the step's mean loss over every process's images: (sum of loss x images, images), summed over
+                    # processes and read once per optimizer step (the NaN stop must come before the update)
+                    summed, seen = 0.0, 0
                     if losses:
-                        # one read of the loss per optimizer step: the NaN stop must come before the update
-                        loss_value = distributed.all_mean(torch.stack(losses).mean().reshape(1)).item()
+                        totals = torch.stack([torch.stack(losses).sum(), torch.tensor(float(images), device=device)])
+                        summed, seen = distributed.all_sum(totals).tolist()
+                    if seen > 0:
+                        loss_value = summed / seen
                         healthy, diverged = health.observe(loss_value)
                         if pending is not None and dist.is_main:  # the last checkpoint's weights made this loss
                             with self.writing(f"{pending}/verdict.json"):
