@@ -246,6 +246,16 @@ def test_cli_segment_trains_scores_and_draws(scenes, tmp_path, capsys):
     assert main(["predict", str(scenes / "val" / "images"), "--checkpoint", str(run), "--out",
                  str(tmp_path / "masks")]) == 0
     assert len(os.listdir(tmp_path / "masks" / "masks")) == 8
+    # inputs of the same name from two folders get a mask each; an unreadable one gets its reason
+    other = tmp_path / "other"
+    other.mkdir()
+    first = sorted((scenes / "val" / "images").iterdir())[0]
+    (other / first.name).write_bytes(first.read_bytes())
+    (other / "broken.png").write_bytes(b"not a png")
+    assert main(["predict", str(first), str(other), "--checkpoint", str(run), "--out", str(tmp_path / "two")]) == 0
+    rows = json.loads((tmp_path / "two" / "masks.json").read_text())
+    assert [r.get("mask") for r in rows if "mask" in r] == [f"masks/{first.stem}.png", f"masks/{first.stem}-2.png"]
+    assert [Path(r["file"]).name for r in rows if "error" in r] == ["broken.png"]
 
 
 def test_mask_indices_beyond_the_named_classes_are_ignored_and_said_once(tmp_path, caplog):

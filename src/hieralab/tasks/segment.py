@@ -169,29 +169,45 @@ def evaluate_run(run: str, *, images: str | None = None, masks: str | None = Non
 def predict_images(run: str, inputs: list[str], *, out: str | None = None, inference: str = "whole",
                    device: str = "cpu") -> dict[str, Any]:
     """Class masks of a finished segment run for new images (files and folders): one PNG of class indices per
-    image in ``out/masks/`` (default ``<run>/predict-<inputs>``) and ``predictions.png``."""
+    image in ``out/masks/`` (default ``<run>/predict-<inputs>``; ``name.png``, ``name-2.png`` when two inputs share
+    a name), ``masks.json`` (per input: its mask, or why it could not be read) and ``predictions.png``."""
     net, meta, cfg = load_segmenter(run)
     net.to(device)
     window = (from_dict(SegmentConfig, cfg) if cfg else SegmentConfig()).data.img_size
     target = Path(out) if out else Path(run) / f"predict-{data_tag(inputs)}"
     (target / "masks").mkdir(parents=True, exist_ok=True)
-    written, items, bad = [], [], []
+    written, items, bad, rows, names = [], [], [], [], set()
     for path in image_files(inputs):
         try:
             image = eval_transform()(load_image(path), {})[0]
         except Exception as e:
             bad.append(f"{path} ({Unreadable.of(path, e).reason})")
+            rows.append({"file": str(path), "error": Unreadable.of(path, e).reason})
             continue
         pred = segment_logits(net, image[None].to(device), mode=inference, window=window).argmax(1)[0].cpu()
-        mask_path = target / "masks" / f"{path.stem}.png"
+        name = unique_name(path.stem, names)
+        mask_path = target / "masks" / f"{name}.png"
         png = Image.fromarray(pred.numpy().astype(np.uint8))
         files.atomic_write(mask_path, lambda p, png=png: png.save(p, format="PNG"))
         written.append(str(mask_path))
+        rows.append({"file": str(path), "mask": str(mask_path.relative_to(target))})
         if len(items) < 8:
             items.append((image, torch.full_like(pred, IGNORE), pred))
     if items:
         draw_segmentations(items, meta["classes"], target / "predictions.png",
                            title=f"segmenter on {meta['encoder']} (new images: no ground truth)")
+    files.write_json(target / "masks.json", rows)
     for line in bad:
         log.warning("unreadable, skipped: %s", line)
     return {"out": str(target), "masks": written, "unreadable": len(bad)}
+
+
+def unique_name(stem: str, taken: set[str]) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``, ... when taken (two inputs of the same name from different folders must
+    not write one mask file); the name returned is added to ``taken``."""
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}"
+    taken.add(name)
+    return name
