@@ -210,6 +210,10 @@ def test_cli_eval_predict_linprobe_extract(tmp_path, images, capsys):
     small = ["--init", str(tmp_path / "ft" / "last")]
     assert main(["extract", *common, "--out", str(tmp_path / "f.safetensors")]) == 0
     feats = load_file(str(tmp_path / "f.safetensors"))
+    capsys.readouterr()
+    assert main(["extract", *common, "--out", str(tmp_path / "f.safetensors")]) == 1  # there: not replaced
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main(["extract", *common, "--out", str(tmp_path / "f.safetensors"), "--overwrite"]) == 0
     assert feats["features"].shape[0] == feats["labels"].shape[0] == 48
     assert main(["extract", *common, "--out", str(tmp_path / "f.npy"), "--knn", "--knn-train", str(images)]) == 0
     assert "k-NN (k=20) top-1" in capsys.readouterr().out

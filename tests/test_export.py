@@ -87,9 +87,12 @@ def test_the_readme_runs_an_exported_file_copied_alone_with_only_its_metadata(tm
         "model=hiera_mini_32", "model_args.embed_dim=16", "model_args.num_heads=1", "model_args.stages=[1,1,1]",
         f"data.source={images}", "data.num_workers=0", "optim.batch_size=4", "max_steps=2", f"out_dir={run}"]))
     out = tmp_path / "export" / "clf.onnx"
-    for _ in range(2):  # a re-export replaces the file and leaves nothing else behind
-        assert main(["export", str(run), "--out", str(out)]) == 0
+    for again in ([], ["--overwrite"]):  # a re-export replaces the file and leaves nothing else behind
+        assert main(["export", str(run), "--out", str(out), *again]) == 0
         assert sorted(p.name for p in out.parent.iterdir()) == ["clf.onnx"]
+    before = out.read_bytes()
+    assert main(["export", str(run), "--out", str(out)]) == 1  # not without --overwrite
+    assert out.read_bytes() == before
     alone = tmp_path / "elsewhere" / "clf.onnx"
     alone.parent.mkdir()
     shutil.copyfile(out, alone)

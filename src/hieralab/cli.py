@@ -19,7 +19,7 @@ from .config import (PRESETS, DetectConfig, FinetuneConfig, LinprobeConfig, Pret
 from .data.scenes import ensure_scenes
 from .data.shards import shard_source
 from .engine.artifacts import data_tag
-from .errors import HieralabError
+from .errors import HieralabError, RunFolderError
 from .experiments import dense_study, study
 from .models import create_model, list_models, model_config
 from .models.registry import model_class
@@ -203,7 +203,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_output(path: str, overwrite: bool) -> None:
+    """A file the command writes: refused when something is there already, unless ``--overwrite``."""
+    if Path(path).expanduser().exists() and not overwrite:
+        raise RunFolderError(f"--out {path} exists; pass --overwrite to replace it, or give another path")
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
+    _new_output(args.out, args.overwrite)
     s = extract.run(model=args.model, init=args.init, source=args.data, split=args.split, out=args.out,
                     img_size=args.img_size, stages=args.stages, knn=args.knn, knn_train=args.knn_train, k=args.k,
                     limit=args.limit, num_frames=args.frames, frame_stride=args.frame_stride)
@@ -245,6 +252,7 @@ def cmd_study_dense(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    _new_output(args.out, args.overwrite)
     r = export.run(args.model, args.out, checkpoint=args.checkpoint, batch=args.batch,
                    dynamic_batch=args.dynamic_batch, img_size=args.img_size, frames=args.frames,
                    check=not args.no_check)
@@ -465,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or an image folder")
     p.add_argument("--split", default="test", help="fashion-mnist split (default: test)")
     p.add_argument("--out", required=True, help="NAME.safetensors or NAME.npy")
+    p.add_argument("--overwrite", action="store_true", help="replace --out (and its .labels.npy / .json) if it exists")
     p.add_argument("--img-size", type=int, default=32)
     p.add_argument("--stages", action="store_true", help="per-stage maps instead of pooled features")
     p.add_argument("--knn", action="store_true", help="also report weighted k-NN top-1 against the train split")
@@ -508,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(.pt2)")
     p.add_argument("model", help="a registered name, a save_pretrained folder, or a finetune run / its best/ last/")
     p.add_argument("--out", required=True, help="NAME.onnx or NAME.pt2")
+    p.add_argument("--overwrite", action="store_true", help="replace --out (an earlier export) if it exists")
     p.add_argument("--checkpoint", help="weights for a registered name (official, timm, T2T-ViT or ours)")
     p.add_argument("--batch", type=int, default=1, help="batch of the example input (the fixed batch)")
     p.add_argument("--dynamic-batch", action="store_true", help="a symbolic batch dimension")
