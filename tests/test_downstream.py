@@ -303,6 +303,12 @@ def test_predict_many_files_and_folders_writes_a_csv(tmp_path, images, capsys):
     one = hieralab.tasks.evaluate.predict_image(str(tmp_path / "ft"), str(tmp_path / "more" / "copy.png"), topk=2)
     row = next(r for r in good if r["file"].endswith("copy.png"))
     assert one[0] == (row["label_1"], float(row["p_1"]))  # batched or alone, the same answer
+    mine = tmp_path / "mine.csv"
+    mine.write_text("my own notes\n")
+    common = ["predict", str(tmp_path / "more"), "--checkpoint", str(tmp_path / "ft"), "--csv", str(mine)]
+    assert main(common) == 1 and mine.read_text() == "my own notes\n"  # a file of that name: not replaced
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main([*common, "--overwrite"]) == 0 and mine.read_text().startswith("file,")
 
 
 def test_small_data_with_the_imagenet_recipe_is_warned_about(tmp_path, images):

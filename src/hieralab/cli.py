@@ -183,6 +183,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         found = f"{r['detections']} detections" if kind == "detect" else f"{len(r['masks'])} masks"
         print(f"{found} for {r.get('images', len(r.get('masks', [])))} images; wrote {r['out']}")
         return 0
+    if args.csv:
+        _new_output(args.csv, args.overwrite)
     rows = evaluate.predict_files(args.checkpoint, args.images, topk=args.topk, batch_size=args.batch_size)
     if len(rows) == 1 and not args.csv:  # one image: its top-k, one per line
         if "error" in rows[0]:
@@ -206,7 +208,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _new_output(path: str, overwrite: bool) -> None:
     """A file the command writes: refused when something is there already, unless ``--overwrite``."""
     if Path(path).expanduser().exists() and not overwrite:
-        raise RunFolderError(f"--out {path} exists; pass --overwrite to replace it, or give another path")
+        raise RunFolderError(f"{path} exists; pass --overwrite to replace it, or give another path")
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -464,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "<classifier>/predict-<name of the inputs>.csv)")
     p.add_argument("--out", help="detect / segment runs: the folder for the predictions (default: "
                                  "<run>/predict-<inputs>)")
+    p.add_argument("--overwrite", action="store_true", help="replace a --csv file that exists")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("extract", help="an encoder's features of a dataset to .safetensors / .npy, and a k-NN "
