@@ -19,6 +19,7 @@ from .config import (PRESETS, DetectConfig, FinetuneConfig, LinprobeConfig, Pret
 from .data.scenes import ensure_scenes
 from .data.shards import shard_source
 from .engine.artifacts import data_tag
+from .engine.dense import dense_model_folder
 from .errors import HieralabError, RunFolderError
 from .experiments import dense_study, study
 from .models import create_model, list_models, model_config
@@ -148,7 +149,7 @@ def cmd_linprobe(args: argparse.Namespace) -> int:
 def _dense_kind(path: str) -> str | None:
     """"detect" / "segment" when ``path`` is such a run (or its ``model/``), else None."""
     for meta, kind in ((detect.META, "detect"), (segment.META, "segment")):
-        if (Path(path) / "model" / meta).exists() or (Path(path) / meta).exists():
+        if dense_model_folder(path, meta) is not None:
             return kind
     return None
 

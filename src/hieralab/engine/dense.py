@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +24,8 @@ from ..data.coco import DenseSamples, collate_dense
 from ..data.images import channels_of
 from ..data.masks import IGNORE
 from ..data.pipeline import model_channels
-from .artifacts import requested_channels, resolve_weights, saved_arguments
+from ..models.checkpoint import from_pretrained
+from .artifacts import requested_channels, resolve_weights, run_config, saved_arguments
 from .optim import build_adamw
 from .trainer import Job, lower_lr_hint
 
@@ -108,11 +111,10 @@ def segment_logits(model: nn.Module, x: torch.Tensor, *, mode: str = "whole", wi
     """Logits ``[B, K, H, W]`` of images ``[B, C, H, W]`` (any size): the whole image at once (padded to the
     encoder's multiple), or ``window``-sized windows at 2/3 of a window apart, overlaps averaged."""
     multiple = model.backbone.size_multiple
+    padded, (H, W) = _pad_to(x, multiple)
     if mode == "whole":
-        padded, (H, W) = _pad_to(x, multiple)
         return model(padded)[..., :H, :W]
     window = max(multiple, window // multiple * multiple)
-    padded, (H, W) = _pad_to(x, multiple)
     if padded.shape[-2] < window or padded.shape[-1] < window:
         padded = F.pad(padded, (0, max(0, window - padded.shape[-1]), 0, max(0, window - padded.shape[-2])))
     Hp, Wp = padded.shape[-2:]
@@ -151,18 +153,22 @@ def iou_from_confusion(matrix: torch.Tensor, classes: list[str]) -> dict[str, An
 @torch.no_grad()
 def evaluate_segmentation(model: nn.Module, dataset, transform: Callable, classes: list[str], *,
                           device: torch.device | str = "cpu", mode: str = "whole", window: int = 160,
-                          desc: str | None = "segment") -> dict[str, Any]:
-    """mIoU and per-class IoU of ``model`` on a :class:`~hieralab.data.masks.MaskFolder`-like dataset."""
+                          desc: str | None = "segment", keep: int = 0) -> tuple[dict[str, Any], list]:
+    """mIoU and per-class IoU of ``model`` on a :class:`~hieralab.data.masks.MaskFolder`-like dataset, and the
+    first ``keep`` readable images as ``(image, true mask, predicted mask)`` (for pictures, from the same pass)."""
     was = model.training
     model.eval()
     K = len(classes)
     total = torch.zeros(K, K, dtype=torch.long)
+    kept = []
     for batch in _batches(dataset, transform, 1, desc):
         for x, t in zip(batch["x"], batch["target"]):
-            logits = segment_logits(model, x[None].to(device), mode=mode, window=window)
-            total += confusion(logits.argmax(1)[0].cpu(), t["mask"], K)
+            pred = segment_logits(model, x[None].to(device), mode=mode, window=window).argmax(1)[0].cpu()
+            total += confusion(pred, t["mask"], K)
+            if len(kept) < keep:
+                kept.append((x, t["mask"], pred))
     model.train(was)
-    return iou_from_confusion(total, classes)
+    return iou_from_confusion(total, classes), kept
 
 
 def dense_job(cfg: Any, model: nn.Module, samples: DenseSamples, forward: Callable, recipe_lr: float) -> Job:
@@ -200,3 +206,19 @@ def save_dense_model(model: nn.Module, folder: Any, name: str, meta_file: str, m
     model.model_name = name
     model.save_pretrained(folder)
     files.write_json(folder / meta_file, meta)
+
+
+def dense_model_folder(run: str | Path, meta_file: str) -> Path | None:
+    """The folder :func:`save_dense_model` wrote in a detect / segment run (its ``model/``, or the folder itself),
+    found by its ``meta_file``; None when ``run`` is no such run."""
+    run = Path(run).expanduser()
+    return next((folder for folder in (run / "model", run) if (folder / meta_file).exists()), None)
+
+
+def load_dense_model(run: str | Path, meta_file: str, expect: type, task: str) -> tuple[nn.Module, dict, dict]:
+    """``(model in eval mode, its meta_file, the run's config)`` of a finished ``task`` run (or its ``model/``)."""
+    folder = dense_model_folder(run, meta_file)
+    if folder is None:
+        raise FileNotFoundError(f"{Path(run).expanduser()} is not a {task} run (no model/{meta_file})")
+    model = from_pretrained(folder, expect=expect).eval()
+    return model, json.loads((folder / meta_file).read_text()), run_config(folder.parent)

@@ -34,15 +34,6 @@ def init(device_type: str) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def all_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean of a tensor over processes (identity without a process group)."""
-    if dist.is_available() and dist.is_initialized():
-        x = x.clone()
-        dist.all_reduce(x)
-        x /= dist.get_world_size()
-    return x
-
-
 def all_sum(x: torch.Tensor) -> torch.Tensor:
     """Sum of a tensor over processes (identity without a process group)."""
     if dist.is_available() and dist.is_initialized():

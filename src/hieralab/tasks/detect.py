@@ -11,7 +11,6 @@ with ``detector.json``: classes, category ids, what the boxes are of).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,11 @@ from ..config import DetectConfig, from_dict
 from ..data.coco import CocoInstances, DenseSamples, eval_transform, train_transform
 from ..data.images import Unreadable, load_image
 from ..data.scenes import dense_sources
-from ..engine.artifacts import check_model, data_tag, image_files, run_config
-from ..engine.dense import (coco_metrics, dense_job, encoder_start, load_init, predict_detections, save_dense_model,
-                            to_coco_results)
+from ..engine.artifacts import check_model, data_tag, image_files
+from ..engine.dense import (coco_metrics, dense_job, encoder_start, load_dense_model, load_init, predict_detections,
+                            save_dense_model, to_coco_results)
 from ..engine.trainer import Curve, Trainer
 from ..errors import DataError
-from ..models.checkpoint import from_pretrained
 from ..models.dense import Detector
 from ..viz.detections import draw_detections
 
@@ -83,15 +81,14 @@ def write_results(model: Detector, dataset: CocoInstances, out: Path, *, device,
     metrics = {**metrics, "images": len(dataset), "detections": len(results)}
     files.write_json(out / "metrics.json", metrics)
     if pictures:
-        by_id = dict(predictions)
+        by_id = dict(predictions)  # the readable images' detections
         items = []
         for i in range(len(dataset)):
             image, truth = dataset[i]
-            if len(items) == pictures or truth["image_id"] not in by_id:
-                continue
-            items.append((eval_transform()(image, truth)[0], truth, by_id[truth["image_id"]]))
-            if len(items) == pictures:
-                break
+            if truth["image_id"] in by_id:
+                items.append((eval_transform()(image, truth)[0], truth, by_id[truth["image_id"]]))
+                if len(items) == pictures:
+                    break
         draw_detections(items, dataset.classes, out / "predictions.png", threshold=threshold,
                         title=f"{title}: box AP {metrics['bbox_AP']:.1f}"
                               + (f", mask AP {metrics['segm_AP']:.1f}" if "segm_AP" in metrics else ""))
@@ -135,12 +132,7 @@ def run(cfg: DetectConfig, *, resume: bool = False, **options: Any) -> dict[str,
 
 def load_detector(run: str | Path) -> tuple[Detector, dict[str, Any], dict[str, Any]]:
     """``(detector in eval mode, detector.json, the run's config)`` of a finished detect run (or its ``model/``)."""
-    run = Path(run).expanduser()
-    folder = run / "model" if (run / "model" / META).exists() else run
-    if not (folder / META).exists():
-        raise FileNotFoundError(f"{run} is not a detect run (no model/{META})")
-    return from_pretrained(folder, expect=Detector).eval(), json.loads((folder / META).read_text()), \
-        run_config(folder.parent)
+    return load_dense_model(run, META, Detector, "detect")
 
 
 def evaluate_run(run: str, *, ann: str | None = None, images: str | None = None, out: str | None = None,

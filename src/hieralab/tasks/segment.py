@@ -11,7 +11,6 @@ whole images or by sliding windows (``inference``): ``metrics.json`` (``mIoU``, 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -27,12 +26,11 @@ from ..data.coco import DenseSamples, eval_transform, train_transform
 from ..data.images import Unreadable, load_image
 from ..data.masks import IGNORE, MaskFolder
 from ..data.scenes import dense_sources
-from ..engine.artifacts import check_model, data_tag, image_files, run_config
-from ..engine.dense import (dense_job, encoder_start, evaluate_segmentation, load_init, save_dense_model,
-                            segment_logits)
+from ..engine.artifacts import check_model, data_tag, image_files
+from ..engine.dense import (dense_job, encoder_start, evaluate_segmentation, load_dense_model, load_init,
+                            save_dense_model, segment_logits)
 from ..engine.trainer import Curve, Trainer
 from ..errors import DataError
-from ..models.checkpoint import from_pretrained
 from ..models.dense import Segmenter
 from ..viz.detections import draw_segmentations
 
@@ -86,18 +84,11 @@ def write_results(model: Normalised, dataset: MaskFolder, out: Path, *, device, 
                   pictures: int, title: str) -> dict[str, Any]:
     """mIoU of ``dataset``: ``metrics.json`` and ``predictions.png`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    metrics = evaluate_segmentation(model, dataset, eval_transform(), dataset.classes, device=device, mode=mode,
-                                    window=window)
+    metrics, items = evaluate_segmentation(model, dataset, eval_transform(), dataset.classes, device=device,
+                                           mode=mode, window=window, keep=pictures)
     metrics = {**metrics, "images": len(dataset), "inference": mode}
     files.write_json(out / "metrics.json", metrics)
-    if pictures:
-        items = []
-        for i in range(min(pictures, len(dataset))):
-            image, truth = dataset[i]
-            x = eval_transform()(image, truth)[0]
-            with torch.no_grad():
-                pred = segment_logits(model.eval(), x[None].to(device), mode=mode, window=window).argmax(1)[0]
-            items.append((x, truth["mask"], pred.cpu()))
+    if items:
         draw_segmentations(items, dataset.classes, out / "predictions.png",
                            title=f"{title}: mIoU {metrics['mIoU']:.1f}")
     log.info("%s: mIoU %.2f, pixel accuracy %.2f", title, metrics["mIoU"], metrics["pixel_accuracy"])
@@ -139,13 +130,8 @@ def run(cfg: SegmentConfig, *, resume: bool = False, **options: Any) -> dict[str
 
 def load_segmenter(run: str | Path) -> tuple[Normalised, dict[str, Any], dict[str, Any]]:
     """``(segmenter taking 0..1 images, segmenter.json, the run's config)`` of a finished segment run."""
-    run = Path(run).expanduser()
-    folder = run / "model" if (run / "model" / META).exists() else run
-    if not (folder / META).exists():
-        raise FileNotFoundError(f"{run} is not a segment run (no model/{META})")
-    meta = json.loads((folder / META).read_text())
-    model = from_pretrained(folder, expect=Segmenter)
-    return Normalised(model, meta["mean"], meta["std"]).eval(), meta, run_config(folder.parent)
+    model, meta, cfg = load_dense_model(run, META, Segmenter, "segment")
+    return Normalised(model, meta["mean"], meta["std"]).eval(), meta, cfg
 
 
 def evaluate_run(run: str, *, images: str | None = None, masks: str | None = None, out: str | None = None,
