@@ -232,12 +232,17 @@ def cmd_study(args: argparse.Namespace) -> int:
     print(f"MAE pretraining: {s['pretrain_epochs']:g} epochs in {s['pretrain_seconds']:.0f} s; whole study "
           f"{s['total_seconds']:.0f} s (stages reused from {args.out} are not re-timed)")
     if args.docs:
-        docs = Path(args.docs)
-        docs.mkdir(parents=True, exist_ok=True)
-        for name in ("study.md", "study.png", "study.json"):
-            shutil.copyfile(Path(args.out) / name, docs / f"mae_{name}")
-        print(f"copied the table and plot to {docs}/mae_study.md, mae_study.png")
+        _copy_to_docs(args.out, args.docs, "study", prefix="mae_")
     return 0
+
+
+def _copy_to_docs(out: str, docs: str, name: str, prefix: str = "") -> None:
+    """A study's ``name.md`` / ``.png`` / ``.json`` from ``out`` into ``docs`` (as ``prefix + name``)."""
+    folder = Path(docs)
+    folder.mkdir(parents=True, exist_ok=True)
+    for ext in ("md", "png", "json"):
+        shutil.copyfile(Path(out) / f"{name}.{ext}", folder / f"{prefix}{name}.{ext}")
+    print(f"copied the table and plot to {folder}/{prefix}{name}.md, {prefix}{name}.png")
 
 
 def cmd_study_dense(args: argparse.Namespace) -> int:
@@ -246,11 +251,7 @@ def cmd_study_dense(args: argparse.Namespace) -> int:
     print()
     print(dense_study.table(s))
     if args.docs:
-        docs = Path(args.docs)
-        docs.mkdir(parents=True, exist_ok=True)
-        for name in ("dense_study.md", "dense_study.png", "dense_study.json"):
-            shutil.copyfile(Path(args.out) / name, docs / name)
-        print(f"copied the table and plot to {docs}/dense_study.md, dense_study.png")
+        _copy_to_docs(args.out, args.docs, "dense_study")
     return 0
 
 

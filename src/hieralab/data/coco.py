@@ -34,7 +34,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ..errors import DataError
-from .images import Unreadable, load_image
+from .images import Unreadable, drop_unreadable, load_image
 from .streams import Seeded, sample_key
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,5 @@ class DenseSamples(torch.utils.data.Dataset):
 def collate_dense(samples: Sequence[Any]) -> dict[str, Any]:
     """A batch of images of any sizes: ``{"x": [images], "target": [targets], "size", "skipped", "unreadable"}``
     (torchvision's detectors take lists; unreadable files are dropped, counted and named)."""
-    bad = [s for s in samples if s is None or isinstance(s, Unreadable)]
-    good = [s for s in samples if s is not None and not isinstance(s, Unreadable)]
-    return {"x": [s["x"] for s in good], "target": [s["target"] for s in good], "size": len(good),
-            "skipped": len(bad), "unreadable": [f"{u.path} ({u.reason})" for u in bad if u is not None]}
+    good, skipped = drop_unreadable(samples)
+    return {"x": [s["x"] for s in good], "target": [s["target"] for s in good], "size": len(good), **skipped}

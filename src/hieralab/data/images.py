@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -38,6 +39,14 @@ class Unreadable(NamedTuple):
         """From the exception reading ``path`` raised (its message without the path, which is named already)."""
         text = (str(error).splitlines() or [""])[0].replace(f"'{path}'", "").replace(str(path), "").strip(" :")
         return cls(str(path), f"{type(error).__name__}{': ' + text if text else ''}")
+
+
+def drop_unreadable(samples: Sequence[Any]) -> tuple[list[Any], dict[str, Any]]:
+    """A batch's readable samples, and what a batch says of the others: ``{"skipped": count, "unreadable":
+    ["path (reason)", ...]}`` (None stands for a sample that was never read, counted but unnamed)."""
+    bad = [s for s in samples if s is None or isinstance(s, Unreadable)]
+    good = [s for s in samples if s is not None and not isinstance(s, Unreadable)]
+    return good, {"skipped": len(bad), "unreadable": [f"{u.path} ({u.reason})" for u in bad if u is not None]}
 
 
 def to_8bit(img: Image.Image, name: str = "image") -> Image.Image:

@@ -19,7 +19,7 @@ from .. import seeds
 from ..errors import DataError
 from ..mae.masking import random_visible
 from . import fashion_mnist
-from .images import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, Unreadable
+from .images import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, Unreadable, drop_unreadable
 from .shards import ShardSet, ShardStream, is_shard_source
 from .streams import sample_key
 from .video import VideoClips
@@ -229,11 +229,9 @@ def collate(samples: Sequence[dict[str, Any] | list[dict[str, Any]] | Unreadable
     """Stack samples, dropping unreadable ones: ``batch["skipped"]`` counts them and ``batch["unreadable"]`` names
     them (``"path (reason)"``); the batch may then be smaller. A list (one file's repeated-augmentation views)
     contributes each of its samples."""
-    bad = [s for s in samples if s is None or isinstance(s, Unreadable)]
-    good = [s for item in samples if item is not None and not isinstance(item, Unreadable)
-            for s in (item if isinstance(item, list) else [item])]
-    batch: dict[str, Any] = {"skipped": len(bad), "size": len(good),
-                             "unreadable": [f"{u.path} ({u.reason})" for u in bad if u is not None]}
+    readable, skipped = drop_unreadable(samples)
+    good = [s for item in readable for s in (item if isinstance(item, list) else [item])]
+    batch: dict[str, Any] = {**skipped, "size": len(good)}
     if good:
         for key in good[0]:
             batch[key] = torch.stack([torch.as_tensor(s[key]) for s in good])

@@ -119,3 +119,10 @@ def knn_classify(train: torch.Tensor, train_labels: torch.Tensor, query: torch.T
         votes = torch.zeros(len(q), num_classes).scatter_add_(1, train_labels[idx], (sim / temperature).exp())
         scores.append(votes)
     return torch.cat(scores)
+
+
+def knn_top1(train: torch.Tensor, train_labels: torch.Tensor, query: torch.Tensor, query_labels: torch.Tensor, *,
+             num_classes: int, k: int = 20) -> float:
+    """Top-1 (%) of :func:`knn_classify` on labelled queries."""
+    scores = knn_classify(train, train_labels, query, num_classes=num_classes, k=k)
+    return 100 * (scores.argmax(1) == query_labels).float().mean().item()

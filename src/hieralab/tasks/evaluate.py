@@ -93,13 +93,14 @@ def predict_files(checkpoint: str, inputs: list[str], *, topk: int = 5, batch_si
     tf = eval_transform(meta["img_size"], meta["mean"], meta["std"], channels=model.in_chans)
     k = min(topk, len(classes))
     rows: list[dict[str, Any]] = [{"file": str(p), "error": "unreadable"} for p in paths]
-    scores, index = predict_logits(model, _Files(paths), tf, device=device, batch_size=batch_size,
+    images = _Files(paths)
+    scores, index = predict_logits(model, images, tf, device=device, batch_size=batch_size,
                                    desc="predict" if len(paths) > batch_size else None)
     probs, top = scores.softmax(-1).topk(k, dim=1)
     for row_p, row_i, i in zip(probs.tolist(), top.tolist(), index.tolist()):
         rows[i] = {"file": str(paths[i]), "top": [(classes[j], round(v, 4)) for v, j in zip(row_p, row_i)]}
     for i, row in enumerate(rows):  # the few files that could not be read: why
-        if "error" in row and isinstance(bad := _Files(paths)[i][0], Unreadable):
+        if "error" in row and isinstance(bad := images[i][0], Unreadable):
             row["error"] = bad.reason
     return rows
 

@@ -21,7 +21,7 @@ from ..data.pipeline import build_dataset
 from ..data.transforms import eval_transform
 from ..data.video import video_eval_transform
 from ..engine.artifacts import load_encoder
-from ..engine.evaluate import dataset_features, knn_classify, predict_logits, stage_features
+from ..engine.evaluate import dataset_features, knn_top1, predict_logits, stage_features
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,7 @@ def run(*, model: str, init: str | None, source: str, split: str, out: str, img_
             raise ValueError("--knn needs the same classes in the reference images as in the extracted ones")
         train_x, train_y = dataset_features(encoder, train_set, tf, device=device, desc="features (train)")
         query = tensors["features"] if "features" in tensors else dataset_features(encoder, dataset, tf)[0]
-        scores = knn_classify(train_x, train_y, query, num_classes=len(classes), k=k)
-        summary["knn_top1"] = 100 * (scores.argmax(1) == labels).float().mean().item()
+        summary["knn_top1"] = knn_top1(train_x, train_y, query, labels, num_classes=len(classes), k=k)
         summary["knn_k"] = k
         log.info("k-NN (k=%d) top-1: %.2f %%", k, summary["knn_top1"])
     files.write_json(out_path.with_name(out_path.stem + ".json"), summary)

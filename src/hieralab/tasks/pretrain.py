@@ -24,7 +24,7 @@ from ..data.transforms import eval_transform, mae_train_transform
 from ..data.video import video_eval_transform, video_train_transform
 from ..engine import distributed
 from ..engine.artifacts import check_model, is_video_model
-from ..engine.evaluate import dataset_features, knn_classify
+from ..engine.evaluate import dataset_features, knn_top1
 from ..engine.optim import build_adamw
 from ..engine.trainer import Curve, Job, Trainer, lower_lr_hint
 from ..errors import ConfigError
@@ -144,8 +144,7 @@ def knn_probe(cfg: PretrainConfig, dataset, transform, device: torch.device, *, 
     def probe(encoder: nn.Module) -> float:
         train_x, train_y = dataset_features(encoder, bank, transform, device=device)
         query_x, query_y = dataset_features(encoder, queries, transform, device=device)
-        scores = knn_classify(train_x, train_y, query_x, num_classes=max(classes) + 1, k=cfg.knn_k)
-        return round((scores.argmax(1) == query_y).float().mean().item() * 100, 2)
+        return round(knn_top1(train_x, train_y, query_x, query_y, num_classes=max(classes) + 1, k=cfg.knn_k), 2)
 
     return probe
 
