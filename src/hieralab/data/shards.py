@@ -22,6 +22,7 @@ check): a sample is read by seeking to its members, found from the shard's tar h
 
 from __future__ import annotations
 
+import bisect
 import io
 import itertools
 import json
@@ -36,15 +37,17 @@ from typing import Any
 
 import torch
 from braceexpand import braceexpand
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .. import files, seeds
 from ..errors import DataError
 from .images import Unreadable, to_8bit
+from .video import VIDEO_EXTENSIONS, VideoClips
 
 log = logging.getLogger(__name__)
 INDEX = "shards.json"
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "pgm")
-CLIP_EXTS = ("mp4", "avi", "mkv", "mov", "webm", "m4v")
+IMAGE_EXTS = tuple(e.lstrip(".") for e in IMG_EXTENSIONS)  # member extensions: the files a folder source reads
+CLIP_EXTS = tuple(e.lstrip(".") for e in VIDEO_EXTENSIONS)
 _PATTERN = re.compile(r"\.tar(\.gz)?$|\{\d+\.\.\d+\}")
 
 
@@ -75,15 +78,16 @@ def _members(path: Path) -> dict[str, dict[str, tuple[int, int]]]:
         for info in tar:
             if not info.isfile() or "." not in Path(info.name).name:
                 continue
-            key, ext = info.name.split(".", 1) if "/" not in info.name else _split_key(info.name)
+            key, ext = _split_key(info.name)
             out.setdefault(key, {})[ext.lower()] = (info.offset_data, info.size)
     return out
 
 
 def _split_key(name: str) -> tuple[str, str]:
-    folder, _, base = name.rpartition("/")
+    """A member's sample key and extension as WebDataset splits them: ``dir/a.b.c`` -> ``("dir/a", "b.c")``."""
+    folder, slash, base = name.rpartition("/")
     stem, _, ext = base.partition(".")
-    return f"{folder}/{stem}", ext
+    return folder + slash + stem, ext
 
 
 class ShardSet(torch.utils.data.Dataset):
@@ -109,7 +113,7 @@ class ShardSet(torch.utils.data.Dataset):
                 self.counts.append(int(listed[url.name]))
             else:  # no index: count it from its headers (once)
                 self.counts.append(len(self._table(k)))
-        self.starts = [sum(self.counts[:k]) for k in range(len(self.counts))]  # global index of each shard's first
+        self.starts = [0, *itertools.accumulate(self.counts)][:-1]  # global index of each shard's first sample
         if not sum(self.counts):
             raise DataError(f"data.source {pattern}: the shards hold no samples")
         if self.kind is None:
@@ -145,26 +149,31 @@ class ShardSet(torch.utils.data.Dataset):
 
     def locate(self, i: int) -> tuple[int, int]:
         """``(shard, position in it)`` of global index ``i``."""
-        k = max(j for j, s in enumerate(self.starts) if s <= i)
+        k = bisect.bisect_right(self.starts, i) - 1  # the last shard starting at or before i (empty ones skipped)
         return k, i - self.starts[k]
 
-    def _read(self, k: int, span: tuple[int, int]) -> bytes:
+    def _read(self, k: int, spans: list[tuple[int, int]]) -> list[bytes]:
+        """The bytes at ``spans`` (offset, size) of shard ``k``, in one opening of its file."""
         with open(self.urls[k], "rb") as f:
-            f.seek(span[0])
-            return f.read(span[1])
+            out = []
+            for offset, size in spans:
+                f.seek(offset)
+                out.append(f.read(size))
+            return out
 
     def labels(self) -> list[int]:
         """Every sample's label, read from the ``.cls`` members (-1 where there is none)."""
         out = []
         for k in range(len(self.urls)):
-            for _, members in self._table(k):
-                out.append(int(self._read(k, members["cls"]).decode().strip()) if "cls" in members else -1)
+            table = self._table(k)
+            labels = iter(self._read(k, [m["cls"] for _, m in table if "cls" in m]))
+            out += [int(next(labels).decode().strip()) if "cls" in m else -1 for _, m in table]
         return out
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         k, j = self.locate(i)
         key, members = self._table(k)[j]
-        sample = {ext: self._read(k, span) for ext, span in members.items()}
+        sample = dict(zip(members, self._read(k, list(members.values()))))
         return decode(sample, f"{self.urls[k].name}:{key}", self.kind)
 
 
@@ -298,8 +307,6 @@ def shard_source(source: str, out: str | os.PathLike, *, shard_size: int = 1000)
     folder (each file's own bytes, its class subfolder's index as label) or a folder / ``.csv`` / ``.json`` list of
     clips. ``out`` must be new or empty: nothing is overwritten. Returns the ``shards.json`` index."""
     from tqdm.auto import tqdm
-
-    from .video import VIDEO_EXTENSIONS, VideoClips
 
     target = Path(out).expanduser()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
