@@ -275,46 +275,41 @@ def _dense_optim() -> OptimConfig:
 
 
 @dataclass
-class DetectConfig(RunConfig):
+class DenseConfig(RunConfig):
+    """What a detect and a segment run share: the encoder and its weights, the neck, the data, ViTDet's recipe."""
+
     model: str = setting("hiera_mini_32", check=non_empty)  # the encoder (hieralab list)
     model_args: dict[str, Any] = setting(factory=dict)
     init: str | None = None  # the encoder's weights: a pretrain run, a save_pretrained folder, an official / timm
     #                          file; None: random init
-    head: str = setting("maskrcnn", check=one_of("maskrcnn", "retinanet", "fcos"))
     neck: str = setting("auto", check=one_of("auto", "fpn", "topdown", "simple"))
     neck_channels: int = setting(128, check=at_least(8))
-    box_head_dim: int = setting(256, check=at_least(8))  # Mask R-CNN's box head width (1024 in the paper)
-    mask_head_layers: tuple[int, ...] = setting((128, 128), check=each(at_least(8)))  # its mask head convs
-    roi_batch: int = setting(128, check=at_least(1))  # proposals per image that train the box / mask heads (512)
-    min_size: int | None = None  # the short side torchvision resizes every image to (None: data.img_size)
-    max_size: int | None = None  # its long-side cap (None: 2 x min_size)
     data: DenseDataConfig = setting(factory=DenseDataConfig)
     optim: OptimConfig = setting(factory=_dense_optim)
     layer_decay: float = setting(0.75, check=between(0, 1, low_open=True))
     drop_path: float = setting(0.1, check=between(0, 1, high_open=True))
     pictures: int = setting(8, check=at_least(0), trajectory=False)  # validation images drawn with predictions
-    score_threshold: float = setting(0.3, check=between(0, 1), trajectory=False)  # for the pictures
-    out_dir: str = RunConfig.default("out_dir", "runs/detect")
     epochs: float = RunConfig.default("epochs", 6.0)
 
 
 @dataclass
-class SegmentConfig(RunConfig):
-    model: str = setting("hiera_mini_32", check=non_empty)
-    model_args: dict[str, Any] = setting(factory=dict)
-    init: str | None = None
-    neck: str = setting("auto", check=one_of("auto", "fpn", "topdown", "simple"))
-    neck_channels: int = setting(128, check=at_least(8))
+class DetectConfig(DenseConfig):
+    head: str = setting("maskrcnn", check=one_of("maskrcnn", "retinanet", "fcos"))
+    box_head_dim: int = setting(256, check=at_least(8))  # Mask R-CNN's box head width (1024 in the paper)
+    mask_head_layers: tuple[int, ...] = setting((128, 128), check=each(at_least(8)))  # its mask head convs
+    roi_batch: int = setting(128, check=at_least(1))  # proposals per image that train the box / mask heads (512)
+    min_size: int | None = None  # the short side torchvision resizes every image to (None: data.img_size)
+    max_size: int | None = None  # its long-side cap (None: 2 x min_size)
+    score_threshold: float = setting(0.3, check=between(0, 1), trajectory=False)  # for the pictures
+    out_dir: str = RunConfig.default("out_dir", "runs/detect")
+
+
+@dataclass
+class SegmentConfig(DenseConfig):
     head_width: int = setting(128, check=at_least(8))
-    data: DenseDataConfig = setting(factory=DenseDataConfig)
-    optim: OptimConfig = setting(factory=_dense_optim)
-    layer_decay: float = setting(0.75, check=between(0, 1, low_open=True))
-    drop_path: float = setting(0.1, check=between(0, 1, high_open=True))
     inference: str = setting("whole", check=one_of("whole", "slide"), trajectory=False)  # validation: the whole
     #                      image, or windows of data.img_size at 2/3 of it apart, logits averaged
-    pictures: int = setting(8, check=at_least(0), trajectory=False)
     out_dir: str = RunConfig.default("out_dir", "runs/segment")
-    epochs: float = RunConfig.default("epochs", 6.0)
 
 
 # ---------------------------------------------------------------- checking
