@@ -75,7 +75,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         return to_8bit(img, str(path))
 
 
-def _is_image(p: Path) -> bool:
+def is_image_file(p: Path) -> bool:
+    """A file with an image extension torchvision's ImageFolder reads, not hidden."""
     return p.is_file() and p.suffix.lower() in IMG_EXTENSIONS and not p.name.startswith(".")
 
 
@@ -94,8 +95,8 @@ class ImageFiles(torch.utils.data.Dataset):
         if subdirs:  # ImageFolder layout
             self.classes = [d.name for d in subdirs]
             for label, d in enumerate(subdirs):
-                self.samples += [(p, label) for p in sorted(d.rglob("*")) if _is_image(p)]
-        self.samples += [(p, -1) for p in sorted(root.iterdir()) if _is_image(p)]
+                self.samples += [(p, label) for p in sorted(d.rglob("*")) if is_image_file(p)]
+        self.samples += [(p, -1) for p in sorted(root.iterdir()) if is_image_file(p)]
         if not self.samples:
             raise ValueError(f"no images in {root} (looked for {', '.join(IMG_EXTENSIONS[:6])}, ... in the folder "
                              "and its class subfolders); point data.source at a folder of images")

@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import DataError
-from .images import Unreadable, load_image
+from .images import Unreadable, is_image_file, load_image
 
 log = logging.getLogger(__name__)
 IGNORE = 255
@@ -36,8 +35,7 @@ class MaskFolder(torch.utils.data.Dataset):
             if not folder.is_dir():
                 raise FileNotFoundError(f"{folder}: no such {what} folder")
         masks = {p.stem: p for p in self.mask_dir.iterdir() if p.suffix.lower() == ".png"}
-        images = sorted(p for p in self.image_dir.iterdir() if p.suffix.lower() in IMG_EXTENSIONS
-                        and not p.name.startswith("."))
+        images = sorted(p for p in self.image_dir.iterdir() if is_image_file(p))
         missing = [p.name for p in images if p.stem not in masks]
         if missing:
             log.warning("%d images of %s have no mask in %s and are skipped (e.g. %s)", len(missing),

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 from torch import nn
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from ..data.images import is_image_file
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models import registry
 from ..models.checkpoint import from_pretrained, load_checkpoint, read_config, save_pretrained
@@ -49,8 +49,7 @@ def image_files(inputs: list[str]) -> list[Path]:
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS
-                            and not p.name.startswith("."))
+            found += sorted(p for p in path.rglob("*") if is_image_file(p))
         elif path.is_file():
             found.append(path)
         else:
