@@ -270,3 +270,29 @@ def test_mask_indices_beyond_the_named_classes_are_ignored_and_said_once(tmp_pat
     assert masks[0][0].tolist() == [0, 0, 1, 1, IGNORE, IGNORE, IGNORE, IGNORE]
     said = [r.getMessage() for r in caplog.records if "data.classes names 2 classes" in r.getMessage()]
     assert len(said) == 1 and "class index 5" in said[0]
+
+
+@needs_fmnist
+def test_study_dense_runs_both_rows_over_the_seeds_and_reuses_them(scenes, tmp_path, capsys):
+    """The MAE-vs-random study end to end at toy size: a tiny MAE run (its widths carried into the detectors), one
+    detect run per row and seed, the table, plot and JSON; run again, it reuses every finished run."""
+    mae = tmp_path / "mae"
+    assert main(["pretrain", "data.limit=64", "optim.batch_size=16", "max_steps=2", "recon_images=0",
+                 "knn_every=0", "model_args.decoder_embed_dim=16", "model_args.decoder_depth=1",
+                 "model_args.decoder_num_heads=1", *TINY_ARGS, f"out_dir={mae}"]) == 0
+    out, docs = tmp_path / "study", tmp_path / "docs"
+    argv = ["study-dense", "--mae", str(mae), "--seeds", "0", "1", "--steps", "1", "--out", str(out),
+            "--docs", str(docs), f"data.scenes_root={scenes}", "data.scenes_train=16", "data.scenes_val=8",
+            "data.num_workers=0", "data.img_size=96", "neck_channels=16", "box_head_dim=16",
+            "mask_head_layers=[16]", "pictures=0"]
+    assert main(argv) == 0
+    summary = json.loads((out / "dense_study.json").read_text())
+    assert [r["row"] for r in summary["rows"]] == ["random init", "MAE encoder"]
+    assert [Path(p).name for r in summary["rows"] for p in r["runs"]] == ["random_seed0", "random_seed1",
+                                                                          "mae_seed0", "mae_seed1"]
+    assert all(len(r["bbox_AP"]) == 2 for r in summary["rows"])
+    assert sorted(p.name for p in docs.iterdir()) == ["dense_study.json", "dense_study.md", "dense_study.png"]
+    assert "| MAE encoder |" in capsys.readouterr().out
+    stamp = (out / "mae_seed1" / "summary.json").stat().st_mtime_ns
+    assert main(argv) == 0  # every run finished: reused, not trained again
+    assert (out / "mae_seed1" / "summary.json").stat().st_mtime_ns == stamp

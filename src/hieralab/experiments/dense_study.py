@@ -53,17 +53,15 @@ def run(*, mae: str = "runs/mae_hiera_fmnist", encoder: str = "hiera_mini_32", s
             f"epochs={epochs}", f"max_steps={steps}", *extra]
     rows = []
     for name, init in (("random init", []), ("MAE encoder", [f"init={mae}"])):
-        per_seed = []
-        for seed in seeds:
-            run_dir = out / f"{'mae' if init else 'random'}_seed{seed}"
+        per_seed, run_dirs = [], [out / f"{'mae' if init else 'random'}_seed{seed}" for seed in seeds]
+        for seed, run_dir in zip(seeds, run_dirs):
             if not (run_dir / "summary.json").exists():
                 detect.run(load_config(DetectConfig, None, [*args, *init, f"seed={seed}", f"out_dir={run_dir}"]),
                            resume=True)
             per_seed.append(json.loads((run_dir / "summary.json").read_text()))
             log.info("dense study: %s seed %d: box AP %.2f, mask AP %.2f", name, seed, per_seed[-1]["bbox_AP"],
                      per_seed[-1]["segm_AP"])
-        rows.append({"row": name, "seeds": list(seeds), "runs": [str(out / f"{'mae' if init else 'random'}_seed{s}")
-                                                                 for s in seeds],
+        rows.append({"row": name, "seeds": list(seeds), "runs": [str(d) for d in run_dirs],
                      **{m: [s[m] for s in per_seed] for m in METRICS},
                      "seconds": round(sum(s["seconds"] for s in per_seed), 1)})
     cfg = load_config(DetectConfig, None, [*args, f"out_dir={out}"])
