@@ -50,6 +50,10 @@ def test_torch_export_fixed_batch(tmp_path, name):
     size = dict(img_size=64) if name.startswith("hiera") else {}
     r = export.run(str(folder), str(tmp_path / "m.pt2"), batch=2, **size)
     assert r["max_abs_diff"] <= 1e-4 and r["input_shape"][0] == 2
+    before = (tmp_path / "m.pt2").read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite"):  # the library refuses too, not only the CLI
+        export.run(str(folder), str(tmp_path / "m.pt2"), batch=2, **size)
+    assert (tmp_path / "m.pt2").read_bytes() == before
     program = torch.export.load(str(tmp_path / "m.pt2"))
     x = export.example_input(model, 2, **size)
     with torch.no_grad():

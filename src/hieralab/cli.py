@@ -20,7 +20,7 @@ from .data.scenes import ensure_scenes
 from .data.shards import shard_source
 from .engine.artifacts import data_tag
 from .engine.dense import dense_model_folder
-from .errors import HieralabError, RunFolderError
+from .errors import HieralabError
 from .experiments import dense_study, study
 from .models import create_model, list_models, model_config
 from .models.registry import model_class
@@ -185,7 +185,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"{found} for {r.get('images', len(r.get('masks', [])))} images; wrote {r['out']}")
         return 0
     if args.csv:
-        _new_output(args.csv, args.overwrite)
+        files.refuse_existing(args.csv, args.overwrite)
     rows = evaluate.predict_files(args.checkpoint, args.images, topk=args.topk, batch_size=args.batch_size)
     if len(rows) == 1 and not args.csv:  # one image: its top-k, one per line
         if "error" in rows[0]:
@@ -206,17 +206,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _new_output(path: str, overwrite: bool) -> None:
-    """A file the command writes: refused when something is there already, unless ``--overwrite``."""
-    if Path(path).expanduser().exists() and not overwrite:
-        raise RunFolderError(f"{path} exists; pass --overwrite to replace it, or give another path")
-
-
 def cmd_extract(args: argparse.Namespace) -> int:
-    _new_output(args.out, args.overwrite)
     s = extract.run(model=args.model, init=args.init, source=args.data, split=args.split, out=args.out,
                     img_size=args.img_size, stages=args.stages, knn=args.knn, knn_train=args.knn_train, k=args.k,
-                    limit=args.limit, num_frames=args.frames, frame_stride=args.frame_stride)
+                    limit=args.limit, num_frames=args.frames, frame_stride=args.frame_stride, overwrite=args.overwrite)
     print(f"wrote {s['out']} ({s['count']} images: " + ", ".join(f"{k} {v}" for k, v in s["shapes"].items()) + ")")
     if "knn_top1" in s:
         print(f"k-NN (k={s['knn_k']}) top-1: {s['knn_top1']:.2f} %")
@@ -256,10 +249,9 @@ def cmd_study_dense(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    _new_output(args.out, args.overwrite)
     r = export.run(args.model, args.out, checkpoint=args.checkpoint, batch=args.batch,
                    dynamic_batch=args.dynamic_batch, img_size=args.img_size, frames=args.frames,
-                   check=not args.no_check)
+                   check=not args.no_check, overwrite=args.overwrite)
     checked = (f"; checked against the eager model at batch {r['checked_batch']}: max |diff| "
                f"{r['max_abs_diff']:.2g}" if "max_abs_diff" in r else "")
     print(f"wrote {r['out']} ({r['format']}, input {r['input_shape']}"
@@ -579,8 +571,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nhieralab {args.command}: interrupted; a training run continues from its newest checkpoint with "
               "--resume", file=sys.stderr)
         return 130
-    except (HieralabError, ValueError, FileNotFoundError, KeyError, PermissionError, IsADirectoryError,
-            NotADirectoryError) as e:  # the user's mistake: one line a problem, no traceback
+    except (HieralabError, ValueError, FileNotFoundError, FileExistsError, KeyError, PermissionError,
+            IsADirectoryError, NotADirectoryError) as e:  # the user's mistake: one line a problem, no traceback
         if args.debug:
             traceback.print_exc()
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

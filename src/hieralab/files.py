@@ -80,6 +80,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, durab
     return path
 
 
+def refuse_existing(path: str | os.PathLike, overwrite: bool) -> Path:
+    """``path``, for a file about to be written: a :class:`FileExistsError` when something is there already and
+    ``overwrite`` is not set (nothing a user has is replaced unasked)."""
+    path = Path(path).expanduser()
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it, or give another path")
+    return path
+
+
 def write_text(path: str | os.PathLike, text: str, *, durable: bool = False) -> Path:
     """Atomically replace ``path`` with ``text``."""
     return atomic_write(path, lambda p: Path(p).write_text(text), durable=durable)

@@ -90,13 +90,15 @@ def _check_pt2(path: str, model: nn.Module, x: torch.Tensor) -> float:
 
 
 def run(source: str, out: str, *, checkpoint: str | None = None, batch: int = 1, dynamic_batch: bool = False,
-        img_size: int | None = None, frames: int | None = None, check: bool = True, atol: float = 1e-4
-        ) -> dict[str, Any]:
-    """Export, check, and move the file into place; returns what was written and the measured difference."""
+        img_size: int | None = None, frames: int | None = None, check: bool = True, atol: float = 1e-4,
+        overwrite: bool = False) -> dict[str, Any]:
+    """Export, check, and move the file into place (an existing ``out`` only with ``overwrite``); returns what was
+    written and the measured difference."""
     out_path = Path(out)
     kind = {".onnx": "onnx", ".pt2": "pt2"}.get(out_path.suffix)
     if kind is None:
         raise ValueError(f"--out {out}: use a .onnx (ONNX) or .pt2 (torch.export) file name")
+    files.refuse_existing(out_path, overwrite)
     model = load_model(source, checkpoint)
     x = example_input(model, batch, img_size, frames)
     with torch.no_grad():

@@ -50,10 +50,11 @@ def write_features(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 def run(*, model: str, init: str | None, source: str, split: str, out: str, img_size: int, stages: bool = False,
         knn: bool = False, knn_train: str | None = None, k: int = 20, limit: int | None = None, batch_size: int = 256,
         device: str = "cpu", model_args: dict[str, Any] | None = None, num_frames: int | None = None,
-        frame_stride: int = 4, views: tuple[int, int] = (1, 1)) -> dict[str, Any]:
+        frame_stride: int = 4, views: tuple[int, int] = (1, 1), overwrite: bool = False) -> dict[str, Any]:
     out_path = Path(out)
     if out_path.suffix not in (".safetensors", ".npy"):
         raise ValueError(f"--out {out}: use a .safetensors or .npy file name")
+    files.refuse_existing(out_path, overwrite)  # an existing --out only with overwrite
     encoder = load_encoder(model, init, **(model_args or {})).to(device)
     video = encoder.ndim == 3
     dataset, mean, std, classes = build_dataset(source, split, limit, video=video)
