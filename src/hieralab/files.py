@@ -17,6 +17,7 @@ import csv
 import errno
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -94,9 +95,23 @@ def write_text(path: str | os.PathLike, text: str, *, durable: bool = False) -> 
     return atomic_write(path, lambda p: Path(p).write_text(text), durable=durable)
 
 
+def json_safe(data: Any) -> Any:
+    """``data`` with every NaN / inf float (at any depth of dicts, lists and tuples) replaced by ``None``: JSON has
+    no such numbers, and ``json.dumps`` would write the bare ``NaN`` / ``Infinity`` that other JSON readers
+    refuse."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return data
+
+
 def write_json(path: str | os.PathLike, data: Any, *, durable: bool = False) -> Path:
-    """Atomically replace ``path`` with ``data`` as indented JSON."""
-    return write_text(path, json.dumps(data, indent=2) + "\n", durable=durable)
+    """Atomically replace ``path`` with ``data`` as indented, valid JSON: NaN and inf are written as ``null`` (a
+    reader gets ``None`` back, not the number)."""
+    return write_text(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n", durable=durable)
 
 
 def temp_dir(parent: str | os.PathLike, name: str) -> Path:

@@ -468,13 +468,34 @@ def _parse_value(raw: str) -> Any:
     return float(value) if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value) else value
 
 
+def _join_overrides(overrides: list[str]) -> list[str]:
+    """The overrides as argv gives them, each ``key=value`` made one item again where spaces around ``=`` split it:
+    ``["optim.base_lr", "=", "1e-3"]``, ``["optim.base_lr", "=1e-3"]`` and ``["optim.base_lr=", "1e-3"]`` all
+    become ``"optim.base_lr=1e-3"``. An item is only joined with its neighbour when it could not stand alone."""
+    items, out, i = [str(o) for o in overrides], [], 0
+    while i < len(items):
+        item = items[i]
+        if "=" not in item and i + 1 < len(items) and items[i + 1].lstrip().startswith("="):
+            item, i = item + items[i + 1], i + 1  # "key" "=..." -> "key=..."
+        if item.rstrip().endswith("=") and i + 1 < len(items) and "=" not in items[i + 1]:
+            item, i = item + items[i + 1], i + 1  # "key=" "value" -> "key=value" (a lone "value" is no override)
+        out.append(item)
+        i += 1
+    return out
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``["optim.base_lr=1e-3", "data.source=/imgs"]`` onto a nested dict; values are parsed as YAML."""
+    """``["optim.base_lr=1e-3", "data.source=/imgs"]`` onto a nested dict; values are parsed as YAML. The list may
+    come as argv gives it: ``optim.base_lr = 1e-3`` (spaces around ``=``) is read as ``optim.base_lr=1e-3``."""
     data = yaml.safe_load(yaml.safe_dump(data))  # a deep copy
-    for item in overrides:
+    for item in _join_overrides(overrides):
         key, sep, raw = item.partition("=")
+        key, raw = key.strip(), raw.strip()
         if not sep or not key:
-            raise ConfigError([f"override {item!r} is not key=value (e.g. optim.base_lr=1e-3)"])
+            raise ConfigError([f"override {item!r} is not key=value: write it as one word, e.g. optim.base_lr=1e-3"])
+        if any(c.isspace() for c in key):
+            raise ConfigError([f"override {item!r}: the key {key!r} holds a space; write key=value, e.g. "
+                               f"optim.base_lr=1e-3"])
         node = data
         *parents, leaf = key.split(".")
         for p in parents:
@@ -503,13 +524,39 @@ def preset_summary(name: str) -> tuple[str, str]:
     return preset_task(name), re.split(r"(?<=[.)])\s+(?=[A-Z])", comment, maxsplit=1)[0]
 
 
+class _DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one mapping of a YAML file (plain YAML keeps the last one without a word)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<: *anchor" merges, it is not a key
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # an unhashable key: SafeLoader's own error names it
+            if first is not None:
+                raise _DuplicateKeyError(f"the key {key!r} is given twice (lines {first} and {line}); keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_preset(preset: str) -> dict[str, Any]:
     """A preset (a name from :func:`preset_names` or a YAML path) as a dict."""
     path = Path(preset).expanduser() if preset.endswith((".yaml", ".yml")) else PRESETS / f"{preset}.yaml"
     if not path.exists():
         raise ConfigError([f"no preset {preset!r}: use one of {', '.join(preset_names())} or a .yaml path"])
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except _DuplicateKeyError as e:
+        raise ConfigError([f"{path}: {e}"]) from None
     except yaml.YAMLError as e:
         raise ConfigError([f"{path} is not valid YAML ({str(e).splitlines()[0]})"]) from None
     if not isinstance(data, dict):
