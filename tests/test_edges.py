@@ -3,6 +3,7 @@ that refuse a key given twice, models that run under autocast, flags checked one
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +61,87 @@ def test_override_that_is_no_key_value_says_what_to_write():
     with pytest.raises(ConfigError, match=r"the key 'optim base_lr' holds a space"):
         apply_overrides({}, ["optim base_lr=1"])
     assert apply_overrides({}, ["data.source="]) == {"data": {"source": None}}  # an empty value stays empty
+
+
+# ---------------------------------------------------------------- masks (case 1)
+def _mask_folder(root: Path, masks: list, mode: str | None = None) -> tuple[Path, Path]:
+    """Images (8x8 RGB) and their masks (arrays saved as PNG, in ``mode`` when given) under ``root``."""
+    import numpy as np
+    from PIL import Image
+
+    (root / "img").mkdir(parents=True), (root / "ann").mkdir()
+    for i, m in enumerate(masks):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "img" / f"{i}.png")
+        m = m if isinstance(m, Image.Image) else Image.fromarray(m) if mode is None else Image.fromarray(m, mode)
+        m.save(root / "ann" / f"{i}.png")
+    return root / "img", root / "ann"
+
+
+def test_rgb_masks_are_refused_naming_the_file(tmp_path):
+    import numpy as np
+
+    from hieralab.data.masks import MaskFolder
+    from hieralab.errors import DataError
+
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[2:6, 2:6] = (200, 30, 30)  # a red object on black: read as gray, the object was index 84 and ignored
+    img, ann = _mask_folder(tmp_path, [rgb, rgb])
+    with pytest.raises(DataError) as e:
+        MaskFolder(img, ann, classes=["background", "thing"])
+    msg = str(e.value)
+    assert "\n" not in msg and str(ann / "0.png") in msg and "colour (RGB)" in msg and "palette ('P')" in msg
+
+
+def test_palette_masks_are_read_as_indices(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from hieralab.data.masks import MaskFolder
+
+    p = Image.fromarray(np.array([[0, 1, 2, 255]] * 8, np.uint8).repeat(2, 1), "L").convert("P")
+    p.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [9] * (256 * 3 - 9))
+    img, ann = _mask_folder(tmp_path, [p])
+    folder = MaskFolder(img, ann, classes=["background", "red", "green"])
+    assert folder[0][1]["mask"][0].tolist() == [0, 0, 1, 1, 2, 2, 255, 255]
+
+
+def test_16bit_masks_within_the_classes_are_indices_and_beyond_them_are_refused(tmp_path):
+    import numpy as np
+
+    from hieralab.data.masks import MaskFolder
+    from hieralab.errors import DataError
+
+    ok = np.array([[0, 1, 2, 255]] * 8, np.uint16).repeat(2, 1)
+    img, ann = _mask_folder(tmp_path / "ok", [ok])
+    assert MaskFolder(img, ann, classes=["a", "b", "c"])[0][1]["mask"][0].tolist() == [0, 0, 1, 1, 2, 2, 255, 255]
+    ids = np.array([[0, 1000, 2000, 0]] * 8, np.uint16).repeat(2, 1)  # instance ids: all foreground was ignored
+    img, ann = _mask_folder(tmp_path / "ids", [ids])
+    with pytest.raises(DataError) as e:
+        MaskFolder(img, ann, classes=["a", "b", "c"])
+    assert "\n" not in str(e.value) and str(ann / "0.png") in str(e.value) and "16-bit" in str(e.value)
+    assert "value 2000" in str(e.value)
+
+
+def test_1bit_masks_are_0_and_1(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from hieralab.data.masks import MaskFolder
+
+    bits = Image.fromarray(np.array([[0, 0, 255, 255]] * 8, np.uint8).repeat(2, 1)).convert("1")
+    img, ann = _mask_folder(tmp_path, [bits])
+    assert MaskFolder(img, ann, classes=["background", "thing"])[0][1]["mask"][0].tolist() == [0] * 4 + [1] * 4
+
+
+@pytest.mark.parametrize("values, reduce", [([255], False), ([7, 9, 255], False), ([0, 255], True)])
+def test_masks_without_a_labelled_pixel_are_refused(tmp_path, values, reduce):
+    import numpy as np
+
+    from hieralab.data.masks import MaskFolder
+    from hieralab.errors import DataError
+
+    mask = np.array([values * 8] * 8, np.uint8)[:, :8]
+    img, ann = _mask_folder(tmp_path, [mask] * 3)
+    with pytest.raises(DataError, match=r"no labelled pixel in the 3 masks of .*ann") as e:
+        MaskFolder(img, ann, classes=["a", "b"], reduce_zero_label=reduce)
+    assert "\n" not in str(e.value)
