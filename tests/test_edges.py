@@ -145,3 +145,96 @@ def test_masks_without_a_labelled_pixel_are_refused(tmp_path, values, reduce):
     with pytest.raises(DataError, match=r"no labelled pixel in the 3 masks of .*ann") as e:
         MaskFolder(img, ann, classes=["a", "b"], reduce_zero_label=reduce)
     assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------- COCO files (case 2)
+def _coco(tmp_path: Path, annotations, images=None, categories=None) -> tuple[Path, Path]:
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir(exist_ok=True)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(folder / name)
+    data = {"images": images if images is not None else [{"id": 1, "file_name": "a.png", "height": 40, "width": 50},
+                                                         {"id": 2, "file_name": "b.png", "height": 40, "width": 50}],
+            "categories": categories if categories is not None else [{"id": 1, "name": "shoe"}]}
+    if annotations is not None:
+        data["annotations"] = annotations
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    return tmp_path / "ann.json", folder
+
+
+SQUARE = [[10, 10, 30, 10, 30, 30, 10, 30]]
+
+
+@pytest.mark.parametrize("annotations", [None, [], [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5],
+                                                     "segmentation": SQUARE, "iscrowd": 1}]])
+def test_coco_file_without_annotations_is_refused_for_training(tmp_path, annotations, caplog):
+    from hieralab.data.coco import CocoInstances
+    from hieralab.errors import DataError
+
+    ann, images = _coco(tmp_path, annotations)
+    with pytest.raises(DataError) as e:
+        CocoInstances(ann, images)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{ann} has no annotation to train on (2 images, ")
+    assert "AP would be -1" in msg
+    with caplog.at_level("WARNING"):  # an evaluation may go on, and says so
+        ds = CocoInstances(ann, images, require_annotations=False)
+    assert len(ds) == 2 and f"{ann} has no annotation to score" in caplog.text
+
+
+def test_coco_fields_of_the_wrong_type_are_skipped_counted_and_named(tmp_path, caplog):
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    from hieralab.data.coco import CocoInstances
+
+    good = {"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "segmentation": SQUARE, "iscrowd": 0}
+    anns = [{"id": 1, **good},
+            {"id": 2, **good, "bbox": "10,10,20,20"},        # a string: float(',') used to stop the run
+            {"id": 3, **good, "image_id": "1"},              # a string id
+            {"id": 4, **good, "category_id": 99},            # no such category
+            {"id": 5, **good, "segmentation": []},           # COCOeval's IndexError after training
+            {"id": 6, **good, "segmentation": [[1, 2, 3]]},  # not a polygon
+            {"id": 7, **good, "image_id": 3}]                # an image with a string id
+    images = [{"id": 1, "file_name": "a.png", "height": 40, "width": 50},
+              {"id": "3", "file_name": "b.png", "height": 40, "width": 50}]
+    ann, folder = _coco(tmp_path, anns, images=images)
+    with caplog.at_level("WARNING"):
+        ds = CocoInstances(ann, folder)
+    assert ds.dropped == {"annotations with a malformed bbox skipped": 1, "annotations of no listed image skipped": 2,
+                          "annotations of unknown categories skipped": 1, "annotations without a mask skipped": 1,
+                          "annotations with a malformed segmentation skipped": 1,
+                          "images whose id is not a whole number (or is given twice) skipped": 1}
+    assert "annotation 2: bbox '10,10,20,20'" in caplog.text and "annotation 3: image_id '1'" in caplog.text
+    assert "annotation 4: category_id 99" in caplog.text and "id '3'" in caplog.text
+    assert ds.ids == [1] and sorted(ds.coco.anns) == [1]  # left out of the ground truth evaluation scores too
+    result = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 1.0,
+               "segmentation": ds.coco.annToRLE(ds.coco.anns[1])}]
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(ds.coco, ds.coco.loadRes(result), "segm")
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+    assert ev.stats[0] == pytest.approx(1.0)
+    box_only = CocoInstances(ann, folder, masks=False)  # without masks an empty segmentation is no matter
+    assert sorted(box_only.coco.anns) == [1, 5, 6]
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"annotations": {"1": {}}}, "'annotations' must be a list of objects ({...}), found dict"),
+    ({"annotations": ["x"]}, "'annotations' must be a list of objects ({...}), found a str among them"),
+    ({"categories": [{"name": "shoe"}]}, "has no whole-number 'id'"),
+    ({"categories": [{"id": "1", "name": "shoe"}]}, "has no whole-number 'id'"),
+])
+def test_coco_file_of_the_wrong_structure_is_one_line(tmp_path, change, words):
+    from hieralab.data.coco import CocoInstances
+    from hieralab.errors import DataError
+
+    ann, folder = _coco(tmp_path, [])
+    ann.write_text(json.dumps({**json.loads(ann.read_text()), **change}))
+    with pytest.raises(DataError) as e:
+        CocoInstances(ann, folder)
+    assert "\n" not in str(e.value) and str(ann) in str(e.value) and words in str(e.value)

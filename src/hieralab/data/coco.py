@@ -11,7 +11,14 @@ What users' annotation files hold, handled without a traceback:
 * category ids need not be contiguous nor start at 1: they are mapped to labels 1..K in id order (0 is
   torchvision's background) and back for the results;
 * a missing or unreadable image file is skipped and named, as everywhere else (:class:`~hieralab.data.images.
-  Unreadable`).
+  Unreadable`);
+* fields of the wrong type -- an image id that is not a whole number, a bbox that is not four numbers, an
+  annotation of no listed image or category, an empty or malformed ``segmentation`` when masks are trained -- are
+  skipped before anything is built (and left out of the ground truth that evaluation scores), counted by reason
+  with the first few named; a file whose structure is wrong (``annotations`` not a list, a category without a
+  whole-number id) is refused in one line;
+* a file with no annotation left to train on or score is refused in one line naming it (training on it would
+  learn nothing and report AP -1 without a word).
 """
 
 from __future__ import annotations
@@ -40,8 +47,51 @@ from .streams import Seeded, sample_key
 log = logging.getLogger(__name__)
 
 
-def read_coco(ann_file: str | os.PathLike) -> COCO:
-    """pycocotools' ``COCO`` of a file, with its progress prints kept quiet and a one-line error for a bad file."""
+def read_coco(ann_file: str | os.PathLike, *, masks: bool = False) -> COCO:
+    """pycocotools' ``COCO`` of a file, with its progress prints kept quiet and a one-line error for a bad file;
+    malformed images and annotations (see the module's notes; with ``masks`` also those without a usable
+    ``segmentation``) are left out, counted and named in a warning."""
+    coco, skipped, named = _read_coco(ann_file, masks=masks)
+    if skipped:
+        log.warning("%s: %s", Path(ann_file).expanduser(), _said(skipped, named))
+    return coco
+
+
+EXAMPLES = 3  # named per reason of a skip
+
+
+def _said(counts: Counter, named: dict[str, list[str]]) -> str:
+    """``"2 annotations with a malformed bbox skipped (annotation 3: bbox '1,2'; annotation 9: ...), ..."``"""
+    return ", ".join(f"{n} {why}" + (f" ({'; '.join(named[why])})" if named.get(why) else "")
+                     for why, n in sorted(counts.items()))
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _segmentation_problem(seg: Any) -> str | None:
+    """Why pycocotools could not decode ``seg`` (``"empty"`` for a missing or empty one), or ``None``."""
+    if seg is None or (isinstance(seg, (list, dict)) and not seg):
+        return "empty"
+    if isinstance(seg, list):  # polygons: lists of x, y pairs, three points at least
+        ok = all(isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0 and all(map(_finite, poly))
+                 for poly in seg)
+        return None if ok else "malformed"
+    if isinstance(seg, dict):  # RLE
+        size, counts = seg.get("size"), seg.get("counts")
+        ok = (isinstance(size, list) and len(size) == 2 and all(map(_whole, size))
+              and (isinstance(counts, (str, bytes)) or (isinstance(counts, list) and all(map(_whole, counts)))))
+        return None if ok else "malformed"
+    return "malformed"
+
+
+def _read_coco(ann_file: str | os.PathLike, *, masks: bool) -> tuple[COCO, Counter, dict[str, list[str]]]:
+    """:func:`read_coco` with what it left out: ``(coco, count by reason, the first few named by reason)``."""
     path = Path(ann_file).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such annotation file (a COCO instances .json)")
@@ -51,12 +101,60 @@ def read_coco(ann_file: str | os.PathLike) -> COCO:
         raise DataError(f"{path} is not a COCO annotation file (not valid JSON: {e})") from None
     if not isinstance(data, dict) or "images" not in data or "categories" not in data:
         raise DataError(f"{path} has no 'images' or 'categories': not a COCO instances file")
-    for k, ann in enumerate(data.setdefault("annotations", [])):  # what COCOeval needs and files may leave out
+    data.setdefault("annotations", [])
+    for key in ("images", "categories", "annotations"):
+        items = data[key]
+        if not isinstance(items, list) or not all(isinstance(x, dict) for x in items):
+            found = type(items).__name__ if not isinstance(items, list) else \
+                f"a {type(next(x for x in items if not isinstance(x, dict))).__name__} among them"
+            raise DataError(f"{path}: '{key}' must be a list of objects ({{...}}), found {found}; not a COCO "
+                            f"instances file")
+    for c in data["categories"]:
+        if not _whole(c.get("id")):
+            raise DataError(f"{path}: the category {json.dumps(c)[:80]} has no whole-number 'id'; give every "
+                            f"category one")
+
+    skipped: Counter[str] = Counter()
+    named: dict[str, list[str]] = {}
+
+    def skip(why: str, what: str) -> None:
+        skipped[why] += 1
+        if len(named.setdefault(why, [])) < EXAMPLES:
+            named[why].append(what)
+
+    images, seen = [], set()
+    for img in data["images"]:
+        i, name, W, H = img.get("id"), img.get("file_name"), img.get("width"), img.get("height")
+        if not _whole(i) or i in seen:
+            skip("images whose id is not a whole number (or is given twice) skipped", f"id {i!r}")
+        elif not isinstance(name, str) or not name:
+            skip("images without a file_name skipped", f"image {i}")
+        elif any(v is not None and not (_finite(v) and v > 0) for v in (W, H)):
+            skip("images whose width / height is not a positive number skipped", f"image {i}: {W!r} x {H!r}")
+        else:
+            images.append(img)
+            seen.add(i)
+    cat_ids = {c["id"] for c in data["categories"]}
+    anns = []
+    for k, ann in enumerate(data["annotations"]):  # what COCOeval needs and files may leave out, and wrong types
         ann.setdefault("id", k + 1)
         ann.setdefault("iscrowd", 0)
-        if "area" not in ann:
-            w, h = (ann.get("bbox") or (0, 0, 0, 0))[2:4]
-            ann["area"] = float(w) * float(h)
+        who, box = f"annotation {ann['id']}", ann.get("bbox")
+        if not _whole(ann.get("image_id")) or ann["image_id"] not in seen:
+            skip("annotations of no listed image skipped", f"{who}: image_id {ann.get('image_id')!r}")
+        elif not _whole(ann.get("category_id")) or ann["category_id"] not in cat_ids:
+            skip("annotations of unknown categories skipped", f"{who}: category_id {ann.get('category_id')!r}")
+        elif not (isinstance(box, list) and len(box) == 4 and all(map(_finite, box))):
+            skip("annotations with a malformed bbox skipped", f"{who}: bbox {box!r}"[:80])
+        elif masks and _segmentation_problem(ann.get("segmentation")) == "empty":
+            skip("annotations without a mask skipped", who)
+        elif masks and _segmentation_problem(ann.get("segmentation")):
+            skip("annotations with a malformed segmentation skipped", f"{who}: {str(ann['segmentation'])[:40]}")
+        else:
+            if not _finite(ann.get("area")):
+                ann["area"] = float(box[2]) * float(box[3])
+            anns.append(ann)
+    data["images"], data["annotations"] = images, anns
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             coco = COCO()
@@ -64,17 +162,19 @@ def read_coco(ann_file: str | os.PathLike) -> COCO:
             coco.createIndex()
     except (ValueError, KeyError, TypeError) as e:
         raise DataError(f"{path} is not a COCO annotation file ({type(e).__name__}: {e})") from None
-    return coco
+    return coco, skipped, named
 
 
 class CocoInstances(torch.utils.data.Dataset):
     """``(PIL image | Unreadable, target)`` for every image of a COCO file; ``target`` is torchvision's:
     ``boxes`` ``[N, 4]`` (x0, y0, x1, y1, pixels), ``labels`` ``[N]`` (1..K), ``masks`` ``[N, H, W]`` uint8 (with
-    ``masks=True``), ``image_id``. ``classes[k - 1]`` names label ``k``."""
+    ``masks=True``), ``image_id``. ``classes[k - 1]`` names label ``k``. A file without one annotation left to
+    learn from is a :class:`DataError` (with ``require_annotations=False``, a warning: an evaluation that wants the
+    AP of -1 COCO gives)."""
 
     def __init__(self, ann_file: str | os.PathLike, image_dir: str | os.PathLike, *, masks: bool = True,
-                 limit: int | None = None):
-        self.coco = read_coco(ann_file)
+                 limit: int | None = None, require_annotations: bool = True):
+        self.coco, self.dropped, named = _read_coco(ann_file, masks=masks)
         self.image_dir = Path(image_dir).expanduser()
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"{self.image_dir}: no such image folder (the images of {ann_file})")
@@ -86,10 +186,20 @@ class CocoInstances(torch.utils.data.Dataset):
         self.label_of = {cid: k + 1 for k, cid in enumerate(self.cat_ids)}
         self.ids = sorted(self.coco.imgs)[:limit]
         self.masks = masks
-        self.dropped: Counter[str] = Counter()
+        given = len(self.coco.dataset["annotations"]) + sum(n for why, n in self.dropped.items()
+                                                            if why.startswith("annotations"))
         self._anns = {i: self._clean(i) for i in self.ids}
         if self.dropped:
-            log.warning("%s: %s", ann_file, ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items())))
+            log.warning("%s: %s", ann_file, _said(self.dropped, named))
+        if not any(self._anns.values()):
+            purpose = "train on" if require_annotations else "score"
+            message = (f"{Path(ann_file).expanduser()} has no annotation to {purpose} ({len(self.ids)} images"
+                       f"{f' (data.limit={limit})' if limit is not None else ''}, {given} annotations in the file"
+                       f"{': ' + _said(self.dropped, {}) if self.dropped else ''}): nothing would be learnt and COCO "
+                       f"AP would be -1; give a file with the objects' annotations")
+            if require_annotations:
+                raise DataError(message)
+            log.warning("%s", message)
 
     def _clean(self, image_id: int) -> list[dict[str, Any]]:
         """The image's usable annotations, boxes clipped; what is skipped is counted by reason."""
@@ -103,7 +213,7 @@ class CocoInstances(torch.utils.data.Dataset):
             if ann.get("category_id") not in self.label_of:
                 self.dropped["annotations of unknown categories skipped"] += 1
                 continue
-            x, y, w, h = (float(v) for v in ann.get("bbox", (0, 0, 0, 0)))
+            x, y, w, h = (float(v) for v in ann["bbox"])  # four finite numbers (checked when read)
             if w <= 0 or h <= 0:
                 self.dropped["zero-area boxes skipped"] += 1
                 continue
@@ -160,8 +270,17 @@ class CocoInstances(torch.utils.data.Dataset):
         return self.cat_ids[label - 1]
 
 
+def to_channels(image, channels: int | None):
+    """A PIL image as the encoder takes it: ``"L"`` for 1 channel (colour converted to grey, as ``predict``
+    does), ``"RGB"`` for 3 (grey repeated); unchanged for None."""
+    if channels is None:
+        return image
+    mode = "L" if channels == 1 else "RGB"
+    return image if image.mode == mode else image.convert(mode)
+
+
 def train_transform(size: int, *, scale_range: Sequence[float] = (0.5, 1.5), hflip: bool = True,
-                    boxes: bool = True, mask_fill: int = 0) -> Callable:
+                    boxes: bool = True, mask_fill: int = 0, channels: int | None = None) -> Callable:
     """The detection / segmentation training augmentation (torchvision v2, boxes and masks moved with the image):
     horizontal flip, large-scale-jitter style resize (the image scaled to fit ``size`` x a random factor in
     ``scale_range``), a random ``size`` x ``size`` crop (padded when smaller: images with 0, masks with
@@ -177,14 +296,16 @@ def train_transform(size: int, *, scale_range: Sequence[float] = (0.5, 1.5), hfl
     seeded = Seeded("augment", steps)
 
     def transform(image, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        return seeded(*to_tv(image, target))
+        return seeded(*to_tv(to_channels(image, channels), target))
 
     return transform
 
 
-def eval_transform() -> Callable:
-    """The image as a float tensor in 0..1, targets unchanged (torchvision's detectors resize by themselves)."""
+def eval_transform(channels: int | None = None) -> Callable:
+    """The image (in the encoder's ``channels``, see :func:`to_channels`) as a float tensor in 0..1, targets
+    unchanged (torchvision's detectors resize by themselves)."""
     def transform(image, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        image = to_channels(image, channels)
         return v2.functional.to_dtype(v2.functional.to_image(image), torch.float32, scale=True), target
     return transform
 
