@@ -238,3 +238,88 @@ def test_coco_file_of_the_wrong_structure_is_one_line(tmp_path, change, words):
     with pytest.raises(DataError) as e:
         CocoInstances(ann, folder)
     assert "\n" not in str(e.value) and str(ann) in str(e.value) and words in str(e.value)
+
+
+# ---------------------------------------------------------------- shards (case 3)
+def _mixed_folder(root: Path) -> Path:
+    import shutil
+
+    from conftest import MEDIA, draw_images
+
+    draw_images(root, n=6)  # boxes/ and circles/
+    shutil.copy(MEDIA / "dog.mp4", root / "boxes" / "dog.mp4")
+    return root
+
+
+def test_shards_refuse_a_folder_of_images_and_clips(tmp_path):
+    from hieralab.data.shards import shard_source
+    from hieralab.errors import DataError
+
+    src = _mixed_folder(tmp_path / "mixed")  # the clip was written and every image dropped without a word
+    with pytest.raises(DataError) as e:
+        shard_source(str(src), tmp_path / "out", shard_size=4)
+    assert "\n" not in str(e.value)
+    assert str(e.value).startswith(f"{src} holds 6 images and 1 clips; a shard set holds one kind: move ")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("inside", ["sub", "boxes/deeper", "."])
+def test_shards_refuse_an_output_folder_inside_the_source(tmp_path, inside):
+    from conftest import draw_images
+
+    from hieralab.data.shards import shard_source
+    from hieralab.errors import DataError
+
+    src = draw_images(tmp_path / "images", n=4)
+    before = sorted(p.relative_to(src) for p in src.rglob("*"))
+    with pytest.raises(DataError, match=r"is inside the source .*: the shards would be written into the data they "
+                                        r"are made of; give a folder outside") as e:
+        shard_source(str(src), src / inside, shard_size=2)
+    assert "\n" not in str(e.value)
+    assert sorted(p.relative_to(src) for p in src.rglob("*")) == before  # nothing written there
+    assert shard_source(str(src), tmp_path / "beside", shard_size=2)["samples"] == 4  # beside it is fine
+
+
+def test_shards_of_a_clip_list_naming_a_file_without_an_extension_is_one_line(tmp_path, caplog):
+    import shutil
+
+    from conftest import MEDIA
+
+    from hieralab.data.shards import shard_source
+    from hieralab.errors import DataError
+
+    shutil.copy(MEDIA / "dog.mp4", tmp_path / "dog.mp4")
+    shutil.copy(MEDIA / "dog.mp4", tmp_path / "dog")
+    listing = tmp_path / "clips.csv"
+    listing.write_text("dog.mp4,0\ndog,1\n")  # was an IndexError inside webdataset's TarWriter
+    with pytest.raises(DataError) as e:
+        shard_source(str(listing), tmp_path / "out")
+    assert "\n" not in str(e.value) and str(listing) in str(e.value)
+    assert "names 1 files without a clip extension" in str(e.value) and "rename" in str(e.value)
+    listing.write_text("dog.mp4,0\ngone.mp4,1\n")  # a missing file: skipped, counted and named
+    with caplog.at_level("WARNING"):
+        index = shard_source(str(listing), tmp_path / "out2")
+    assert index["samples"] == 1 and "1 listed clips do not exist and are skipped" in caplog.text
+    assert "gone.mp4" in caplog.text
+
+
+def test_a_shard_named_without_its_extension_is_read_and_odd_members_are_counted(tmp_path, caplog):
+    import io
+    import tarfile
+
+    from conftest import draw_images
+
+    from hieralab.data.shards import ShardSet, is_shard_source, shard_source
+
+    index = shard_source(str(draw_images(tmp_path / "images", n=4)), tmp_path / "s", shard_size=4)
+    plain = tmp_path / "shard0"  # a tar named without .tar: it was taken for a missing image folder
+    plain.write_bytes((tmp_path / "s" / "shard-000000.tar").read_bytes())
+    assert is_shard_source(str(plain)) and len(ShardSet(str(plain))) == 4
+    with tarfile.open(tmp_path / "s" / "shard-000000.tar", "a") as tar:
+        info = tarfile.TarInfo("README")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    (tmp_path / "s" / "shards.json").unlink()
+    with caplog.at_level("WARNING"):
+        assert len(ShardSet(index["pattern"])) == 4
+    assert "1 files without an extension skipped (README)" in caplog.text

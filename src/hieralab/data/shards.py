@@ -52,8 +52,12 @@ _PATTERN = re.compile(r"\.tar(\.gz)?$|\{\d+\.\.\d+\}")
 
 
 def is_shard_source(source: str) -> bool:
-    """Whether ``data.source`` names tar shards (a ``.tar`` file, or a brace pattern of them)."""
-    return bool(_PATTERN.search(str(source)))
+    """Whether ``data.source`` names tar shards (a ``.tar`` file, or a brace pattern of them; also one tar file
+    named without the extension, which would otherwise be taken for a missing image folder)."""
+    if _PATTERN.search(str(source)):
+        return True
+    path = Path(str(source)).expanduser()
+    return path.suffix == "" and path.is_file() and tarfile.is_tarfile(path)
 
 
 class Member(bytes):
@@ -71,12 +75,17 @@ class Member(bytes):
 
 
 # ---------------------------------------------------------------- reading
-def _members(path: Path) -> dict[str, dict[str, tuple[int, int]]]:
-    """``{key: {ext: (offset, size)}}`` of a tar shard, in file order, from its headers."""
+def _members(path: Path, odd: list[str] | None = None) -> dict[str, dict[str, tuple[int, int]]]:
+    """``{key: {ext: (offset, size)}}`` of a tar shard, in file order, from its headers; the names of files without
+    an extension (which no sample can use) are added to ``odd``."""
     out: dict[str, dict[str, tuple[int, int]]] = {}
     with tarfile.open(path, "r:") as tar:
         for info in tar:
-            if not info.isfile() or "." not in Path(info.name).name:
+            if not info.isfile():
+                continue
+            if "." not in Path(info.name).name:
+                if odd is not None:
+                    odd.append(info.name)
                 continue
             key, ext = _split_key(info.name)
             out.setdefault(key, {})[ext.lower()] = (info.offset_data, info.size)
@@ -134,10 +143,14 @@ class ShardSet(torch.utils.data.Dataset):
 
     def _table(self, k: int) -> list[tuple[str, dict[str, tuple[int, int]]]]:
         if k not in self._tables:
+            odd: list[str] = []
             try:
-                self._tables[k] = list(_members(self.urls[k]).items())
+                self._tables[k] = list(_members(self.urls[k], odd).items())
             except (tarfile.TarError, OSError) as e:
                 raise DataError(f"{self.urls[k]} is not a readable tar shard ({e})") from None
+            if odd:  # WebDataset names a sample's parts <key>.<ext>: a file without one belongs to no sample
+                log.warning("%s: %d files without an extension skipped (%s); a shard member is <key>.<ext>, e.g. "
+                            "000001.jpg and 000001.cls", self.urls[k], len(odd), ", ".join(odd[:3]))
         return self._tables[k]
 
     def _classes_from_labels(self) -> list[str]:
@@ -302,13 +315,53 @@ def write_shards(items: Sequence[tuple[Callable[[], tuple[bytes, str]], int]], o
     return index
 
 
+def _within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (which may not exist yet) is ``folder`` or inside it, links resolved."""
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def _kinds(folder: Path) -> tuple[int, int]:
+    """``(images, clips)``: how many files of each a folder holds at any depth (hidden ones aside)."""
+    images = clips = 0
+    for p in folder.rglob("*"):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        images += p.suffix.lower() in IMG_EXTENSIONS
+        clips += p.suffix.lower() in VIDEO_EXTENSIONS
+    return images, clips
+
+
+def _listed_clips(listing: Path, items: list[tuple[Path, int]]) -> list[tuple[Path, int]]:
+    """The clips a ``.csv`` / ``.json`` list names, checked before anything is written: a file without a clip
+    extension is refused (a shard member is named by its extension, and read back by it); missing files are
+    skipped, counted and the first few named."""
+    odd = [p for p, _ in items if p.suffix.lower() not in VIDEO_EXTENSIONS]
+    if odd:
+        raise DataError(f"{listing} names {len(odd)} files without a clip extension ({', '.join(VIDEO_EXTENSIONS)}),"
+                        f" e.g. {odd[0]}: a shard member is named and read back by its file's extension; rename "
+                        f"those files (e.g. {odd[0].name}.mp4) and list them under their new names")
+    missing = [p for p, _ in items if not p.is_file()]
+    if missing:
+        if len(missing) == len(items):
+            raise DataError(f"none of the {len(items)} clips {listing} names exists (e.g. {missing[0]}); relative "
+                            f"paths are read from {listing.parent}")
+        log.warning("%s: %d listed clips do not exist and are skipped (%s)", listing, len(missing),
+                    ", ".join(str(p) for p in missing[:3]))
+    return [(p, label) for p, label in items if p.is_file()]
+
+
 def shard_source(source: str, out: str | os.PathLike, *, shard_size: int = 1000) -> dict:
     """Write ``source`` as shards in ``out``: ``"fashion-mnist"`` (PNG-encoded, the training split), an image
     folder (each file's own bytes, its class subfolder's index as label) or a folder / ``.csv`` / ``.json`` list of
     clips. ``out`` must be new or empty: nothing is overwritten. Returns the ``shards.json`` index."""
-    from tqdm.auto import tqdm
+    from ..progress import bar as tqdm
 
     target = Path(out).expanduser()
+    src = Path(source).expanduser()
+    if source != "fashion-mnist" and src.is_dir() and _within(target, src):
+        raise DataError(f"the shard folder {target} is inside the source {src}: the shards would be written into "
+                        f"the data they are made of; give a folder outside {src}")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         names = [p.name for p in target.iterdir()] if target.is_dir() else []
         if any(re.fullmatch(r"\.shard-\d+\.tar\.tmp", n) for n in names) and "shards.json" not in names:
@@ -318,7 +371,6 @@ def shard_source(source: str, out: str | os.PathLike, *, shard_size: int = 1000)
                         "overwritten)")
     if shard_size < 1:
         raise DataError(f"--shard-size {shard_size}: must be at least 1")
-    src = Path(source).expanduser()
 
     def file_item(path: Path) -> Callable[[], tuple[bytes, str]]:
         return lambda: (path.read_bytes(), path.suffix.lower().lstrip("."))
@@ -338,7 +390,15 @@ def shard_source(source: str, out: str | os.PathLike, *, shard_size: int = 1000)
     elif not src.exists():
         raise DataError(f"shard source {src} does not exist; give an image folder, a folder / list of clips or "
                         "fashion-mnist")
-    elif src.suffix.lower() in (".csv", ".json") or any(p.suffix.lower() in VIDEO_EXTENSIONS for p in src.rglob("*")):
+    elif src.is_file() and src.suffix.lower() in (".csv", ".json"):
+        clips = VideoClips(src)
+        listed = _listed_clips(src, [(Path(p), label) for p, label in clips.items])
+        items, classes, kind = [(file_item(p), label) for p, label in listed], clips.classes, "clips"
+    elif src.is_dir() and _kinds(src)[1]:
+        n_images, n_clips = _kinds(src)  # read again only for a folder that holds clips
+        if n_images:
+            raise DataError(f"{src} holds {n_images} images and {n_clips} clips; a shard set holds one kind: move "
+                            f"the images (or the clips) into a folder of their own and write each as its own shards")
         clips = VideoClips(src)
         items, classes, kind = [(file_item(Path(p)), label) for p, label in clips.items], clips.classes, "clips"
     else:
