@@ -323,3 +323,27 @@ def test_a_shard_named_without_its_extension_is_read_and_odd_members_are_counted
     with caplog.at_level("WARNING"):
         assert len(ShardSet(index["pattern"])) == 4
     assert "1 files without an extension skipped (README)" in caplog.text
+
+
+# ---------------------------------------------------------------- optimize_for_inference under autocast (case 6)
+def test_an_inference_optimised_model_runs_under_bfloat16_autocast():
+    import torch
+
+    import hieralab
+    from conftest import randomize_
+    from hieralab.layers.packed_linear import PackedLinear, onednn_available
+    from hieralab.models.inference import optimize_for_inference
+
+    if not onednn_available():
+        pytest.skip("oneDNN linear ops are unavailable in this torch build")
+    model = randomize_(hieralab.create_model("hiera_tiny_224", num_classes=10, embed_dim=32, num_heads=1,
+                                             stages=[1, 1, 2, 1], input_size=[64, 64])).eval()
+    fast = optimize_for_inference(model)
+    assert any(isinstance(m, PackedLinear) for m in fast.modules())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # was oneDNN's "could not create a primitive"
+        got, want = fast(x), model(x)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2 * want.float().abs().max().item())
+    with torch.no_grad():  # and outside autocast, the packed fp32 path as before
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-4)

@@ -3,11 +3,14 @@
 On this kind of CPU the small-M matmuls of a batch-1 Hiera (49 or 196 tokens in stages 3-4) run 15-40 % faster from
 a prepacked weight than through ``F.linear``, and the bias and GELU ride in the matmul's epilogue instead of extra
 passes over memory. This is the transformation ``torch.compile`` applies with freezing on CPU, available in eager.
+Under ``torch.autocast`` (or with an input that is not fp32 on the CPU) the layer runs the plain ``F.linear`` (and
+``F.gelu``) on its unpacked weight, so it computes what the eager model would in that precision.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -45,9 +48,19 @@ class PackedLinear(nn.Module):
         return packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._packable(x):  # autocast, another dtype or device: the plain ops, as the eager model runs them
+            y = F.linear(x, self.weight.to(x.device), None if self.bias is None else self.bias.to(x.device))
+            return F.gelu(y) if self.act == "gelu" else y
         weight = self._weight_for(x.numel() // self.in_features)
         algorithm = "none" if self.act == "gelu" else ""
         return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, self.act, [], algorithm)
+
+    @staticmethod
+    def _packable(x: torch.Tensor) -> bool:
+        """Whether the prepacked fp32 path applies: an fp32 CPU input outside autocast (under CPU autocast the eager
+        model computes in bfloat16 / float16, and oneDNN refuses fp32 packed weights with a lower-precision
+        input)."""
+        return x.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, act={self.act}"

@@ -17,7 +17,9 @@ log = logging.getLogger(__name__)
 def optimize_for_inference(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in eval mode whose Linear layers use prepacked oneDNN weights, with each MLP's GELU fused
     into its first matmul. CPU and fp32 only; the copy is for inference (no gradients, no state dict to save).
-    Returns a plain eval copy where oneDNN is unavailable."""
+    Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` it still runs: the packed layers then take the unpacked
+    path and compute in the autocast dtype, as the eager model does. Returns a plain eval copy where oneDNN is
+    unavailable."""
     model = copy.deepcopy(model).eval().requires_grad_(False)
     if not onednn_available():
         log.warning("oneDNN linear ops are unavailable in this torch build; returning the model unchanged")
