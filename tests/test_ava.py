@@ -6,7 +6,6 @@ import io
 import json
 import math
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,11 +15,11 @@ from PIL import Image
 from hieralab.data.ava import (AVA_FRAMES, SECONDS, AvaClips, FrameFolders, FrameRule, Row, VideoFiles,
                                clip_frame_indices, group_keyframes, multi_hot, read_annotations, read_csv,
                                read_excluded, read_label_map, read_person_boxes)
+from hieralab.data.fashion_mnist import ROOT
 from hieralab.data.images import Unreadable
 from hieralab.errors import DataError
 from hieralab.metrics.ava import average_precision, evaluate, evaluate_files, format_rows, write_label_map
 
-ROOT = Path("/usr/share/datasets/fashion-mnist")
 needs_fmnist = pytest.mark.skipif(not (ROOT / "train-images-idx3-ubyte.gz").exists(),
                                   reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
 

@@ -455,8 +455,8 @@ def evaluate(gt: Iterable[Row], detections: Iterable[Row], labels: Mapping[int, 
             if item[0] > heap[0][0]:
                 heapq.heapreplace(heap, item)
 
-    scores: dict[int, list[np.ndarray]] = defaultdict(list)
-    hits: dict[int, list[np.ndarray]] = defaultdict(list)
+    scores: dict[int, list[float]] = defaultdict(list)  # per class, keyframes in order, each in its ranked order
+    hits: dict[int, list[bool]] = defaultdict(list)
     scored_detections = 0
     without_gt = 0
     for key, heap in heaps.items():
@@ -471,21 +471,21 @@ def evaluate(gt: Iterable[Row], detections: Iterable[Row], labels: Mapping[int, 
             continue
         scored_detections += len(valid)
         without_gt += key not in gt_boxes
-        action = np.array([t[1] for t in valid])  # [N]
-        score = np.array([t[0] for t in valid], dtype=float)  # [N]
-        box = np.array([(t[3], t[2], t[5], t[4]) for t in valid], dtype=float).reshape(-1, 4)  # [N, 4] x1 y1 x2 y2
+        per_class: dict[int, list[tuple[float, ...]]] = defaultdict(list)
+        for t in valid:
+            per_class[t[1]].append(t)
         truth = gt_boxes.get(key, {})
-        for c in np.unique(action):
-            pick = action == c
-            target = np.array(truth.get(int(c), []), dtype=float).reshape(-1, 4)  # [M, 4]
-            scores[int(c)].append(score[pick])
-            hits[int(c)].append(match_detections(box[pick], target, iou_threshold))
+        for c, found in per_class.items():
+            scores[c] += [t[0] for t in found]
+            if c not in truth:  # nothing to match: all false positives
+                hits[c] += [False] * len(found)
+                continue
+            box = np.array([(t[3], t[2], t[5], t[4]) for t in found], dtype=float)  # [N, 4] x1 y1 x2 y2
+            hits[c] += match_detections(box, np.array(truth[c], dtype=float), iou_threshold).tolist()  # [M, 4] gt
 
     ap: dict[int, float | None] = {}
     for c in classes:
-        s = np.concatenate(scores[c]) if scores[c] else np.zeros(0)
-        h = np.concatenate(hits[c]) if hits[c] else np.zeros(0, dtype=bool)
-        value = average_precision(s, h, num_gt[c])
+        value = average_precision(np.array(scores[c], dtype=float), np.array(hits[c], dtype=bool), num_gt[c])
         ap[c] = None if value is None else 100.0 * value
     evaluated = [v for v in ap.values() if v is not None]
     if skipped:
