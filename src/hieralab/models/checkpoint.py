@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .. import files
+from .. import files, weights
 from ..errors import CheckpointError
 from . import registry
 from .convert import (CONFIG_NAME, WEIGHTS_NAME, read_safetensors, read_state_dict, to_hieralab_keys, to_mae_keys,
@@ -207,7 +207,10 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
 
 def from_pretrained(directory: str | os.PathLike, *, expect: type | None = None, **overrides: Any) -> nn.Module:
     """Rebuild a model saved by :func:`save_pretrained` and load its weights; with ``expect`` (the class
-    ``from_pretrained`` was called on) a folder holding another kind of model is an error."""
+    ``from_pretrained`` was called on) a folder holding another kind of model is an error. ``"hf-hub:ORG/REPO"``
+    takes a hub repo in that layout, timm's or transformers' (:func:`_from_hub`)."""
+    if str(directory).startswith(weights.HUB_PREFIX):
+        return _from_hub(str(directory), expect=expect, **overrides)
     directory = Path(directory).expanduser()
     meta = read_config(directory)
     name = meta.get("model_name")
@@ -228,4 +231,33 @@ def from_pretrained(directory: str | os.PathLike, *, expect: type | None = None,
                               f"{' ...' if len(missing) > 4 else ''} of {name}; it was saved from another "
                               f"architecture. Load it with hieralab.create_model('{name}', checkpoint=...) to start "
                               "the missing tensors fresh")
+    return model
+
+
+def _from_hub(spec: str, *, expect: type | None = None, **overrides: Any) -> nn.Module:
+    """A hub repo (fetched once into the Hugging Face cache): ours is rebuilt as :func:`save_pretrained` wrote it;
+    timm's builds the registered model its ``config.json`` names (with its class count), transformers' the registered
+    image Hiera of the same shape; then the weights file is loaded."""
+    repo = weights.hub_repo(spec)
+    if repo.kind == "hieralab":
+        return from_pretrained(repo.folder, expect=expect, **overrides)
+    if repo.kind == "timm":
+        name, args = repo.config["architecture"], {k: v for k, v in repo.config.items() if k == "num_classes"}
+    else:
+        args = weights.transformers_arguments(repo.config)
+        shape = {k: args.pop(k) for k in ("embed_dim", "num_heads", "stages", "input_size")}
+        name = next((n for n in registry.list_models("hiera_*") if {
+            "embed_dim": (c := registry.model_config(n)).get("embed_dim"), "num_heads": c.get("num_heads"),
+            "stages": tuple(c.get("stages", ())), "input_size": tuple(c.get("input_size", (224, 224)))} == shape),
+            f"a Hiera with {shape}")
+    if name not in registry.list_models():
+        raise CheckpointError(f"{spec} holds {repo.kind}'s {name}, which is not a registered hieralab model "
+                              "(hieralab.list_models())")
+    model = registry.build(name, **{**args, **overrides})
+    if expect is not None and not isinstance(model, expect):
+        raise CheckpointError(f"{spec} holds a {type(model).__name__} ({name}), not a {expect.__name__}")
+    try:
+        load_checkpoint(model, repo.weights)
+    except CheckpointError as e:
+        raise CheckpointError(f"{spec}: {e}") from None
     return model
