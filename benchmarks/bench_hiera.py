@@ -20,12 +20,10 @@ warnings.filterwarnings("ignore")
 
 def build(name: str) -> dict[str, torch.nn.Module]:
     """Every contender with the same (random) weights: the official model's."""
-    import hiera
     import timm
     from timm.models.hiera import checkpoint_filter_fn
 
-    official = getattr(hiera, name)().eval()
-    official.head.act_func = lambda x: x  # logits, like ours
+    official = B.official_model(name)
     ours = hieralab.create_model(name).eval()
     hieralab.load_checkpoint(ours, official.state_dict())
     models = {"ours": ours, "ours+packed": hieralab.optimize_for_inference(ours), "official": official}

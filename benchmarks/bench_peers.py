@@ -86,8 +86,7 @@ def build_models(archs: list[str]) -> dict[tuple[str, str], nn.Module]:
     for arch in archs:
         ours_name, timm_name, official_name = ARCHS[arch]
         if official_name:
-            official = getattr(hiera, official_name)()
-            official.head.act_func = nn.Identity()  # the official head applies softmax in eval mode
+            official = B.logits_only(getattr(hiera, official_name)())
             models[arch, "official"] = official
         if timm_name:
             peer = timm.create_model(timm_name, pretrained=False)

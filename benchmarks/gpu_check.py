@@ -96,7 +96,7 @@ def parity(device: torch.device, dry: bool) -> None:
     ref = hiera.Hiera(**cfg).eval()
     for p in ref.parameters():  # trained-like weights: not the zero-init norms and biases
         p.data.normal_(0, 0.02) if p.dim() > 1 else p.data.uniform_(-0.5, 1.5)
-    ref.head.act_func = lambda x: x  # the official head's eval-mode softmax off: compare logits
+    ref = B.logits_only(ref)  # compare logits
     ours = hieralab.create_model(name, **kw).eval()
     missing = hieralab.load_checkpoint(ours, ref.state_dict())
     ref, ours = ref.to(device), ours.to(device)
@@ -207,7 +207,7 @@ def throughput(device: torch.device, dry: bool, deadline: float) -> None:
     official = hiera.Hiera(embed_dim=64, num_heads=2, stages=(1, 2, 2), q_pool=2, input_size=(32, 32),
                            mask_unit_size=(4, 4), mask_unit_attn=(True, True, False), patch_kernel=(3, 3),
                            patch_stride=(2, 2), patch_padding=(1, 1), num_classes=10) if dry else hiera.hiera_base_224()
-    official.head.act_func = lambda x: x
+    official = B.logits_only(official)
     models["Hiera-B (official)" if not dry else "Hiera (official)"] = official.eval().to(device)
     x = torch.randn(batch, 3, side, side, device=device)
     table = []

@@ -73,7 +73,8 @@ def test_16_bit_and_float_images_are_read_at_their_true_range(tmp_path, caplog):
 
 
 def test_the_input_channels_follow_the_data(tmp_path):
-    from hieralab.data.pipeline import data_channels, model_channels
+    from hieralab.data.pipeline import data_channels
+    from hieralab.engine.encoder import decide_channels
     from hieralab.errors import DataError
 
     colour, grey = tmp_path / "colour", tmp_path / "grey"
@@ -82,7 +83,10 @@ def test_the_input_channels_follow_the_data(tmp_path):
     for i in range(3):
         Image.fromarray(np.full((20, 20), 40 * i, np.uint16)).save(grey / f"{i}.png")  # 16-bit grey counts too
     assert data_channels(ImageFiles(colour)) == 3 and data_channels(ImageFiles(grey)) == 1
-    assert model_channels(None, 3, "colour") == 3 and model_channels(None, 1, "grey") == 1
-    assert model_channels(3, 1, "grey") == 3  # grey into an RGB model: repeated over the channels
-    with pytest.raises(DataError, match="takes 1 input channel .* colour images"):
-        model_channels(1, 3, "colour")
+    # explicit in_chans, else the weights', else the data's
+    assert decide_channels(None, None, 3, "colour") == 3 and decide_channels(None, None, 1, "grey") == 1
+    assert decide_channels(3, None, 1, "grey") == 3  # grey into an RGB model: repeated over the channels
+    assert decide_channels(None, 1, 3, "colour") == 1  # a grey encoder's weights: colour converted to grey
+    assert decide_channels(3, 1, 3, "colour") == 3  # asked for: the grey patch embedding is widened at load
+    with pytest.raises(DataError, match="in_chans=5: images give 1"):
+        decide_channels(5, None, 3, "colour")

@@ -17,7 +17,8 @@ from conftest import error_lines
 from hieralab.cli import main
 from hieralab.data.coco import CocoInstances, DenseSamples, collate_dense, train_transform
 from hieralab.data.fashion_mnist import ROOT
-from hieralab.engine.dense import coco_metrics, confusion, iou_from_confusion, to_coco_results
+from hieralab.metrics.coco import coco_metrics, to_coco_results
+from hieralab.metrics.segmentation import confusion, iou_from_confusion
 from hieralab.layers.necks import FPN, SimpleFeaturePyramid, TopDownNeck
 from hieralab.models.dense import Detector, Segmenter
 
@@ -223,8 +224,11 @@ def test_cli_detect_trains_scores_draws_resumes_evaluates_and_predicts(scenes, t
     assert main([*common, "max_steps=3", "--resume"]) == 0  # continues the same run
     assert json.loads((run / "summary.json").read_text())["steps"] == 3
     capsys.readouterr()
-    assert main(["eval", str(run)]) == 0
+    assert main(["eval", str(run), "--out", str(tmp_path / "again")]) == 0
     assert "box AP" in capsys.readouterr().out
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())  # the run's final scoring, reproduced
+    final = json.loads((run / "metrics.json").read_text())
+    assert again["bbox_AP"] == final["bbox_AP"] and again["images"] == final["images"] == 8
     assert main(["predict", str(scenes / "val" / "images"), "--checkpoint", str(run), "--out",
                  str(tmp_path / "new")]) == 0
     rows = json.loads((tmp_path / "new" / "detections.json").read_text())
@@ -238,9 +242,14 @@ def test_cli_segment_trains_scores_and_draws(scenes, tmp_path, capsys):
                  "data.num_workers=0", "optim.batch_size=4", "neck_channels=16", "head_width=16", "pictures=2",
                  "max_steps=2", "data.img_size=96", f"out_dir={run}"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
-    assert len(metrics["per_class_IoU"]) == 11 and 0 <= metrics["mIoU"] <= 100
+    assert len(metrics["per_class_IoU"]) == 11 and metrics["images"] == 8 == metrics["given"]
+    scored = [v for v in metrics["per_class_IoU"].values() if v is not None]
+    assert metrics["mIoU"] == pytest.approx(sum(scored) / len(scored), abs=1e-3)  # the mean of what it scored
     assert (run / "predictions.png").exists()
     capsys.readouterr()
+    assert main(["eval", str(run), "--out", str(tmp_path / "again")]) == 0  # the same model, data and inference:
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())  # the same answer, to the digit
+    assert again["mIoU"] == metrics["mIoU"] and again["per_class_IoU"] == metrics["per_class_IoU"]
     assert main(["eval", str(run), "--inference", "slide"]) == 0
     assert "mIoU" in capsys.readouterr().out
     assert main(["predict", str(scenes / "val" / "images"), "--checkpoint", str(run), "--out",

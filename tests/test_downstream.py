@@ -16,14 +16,11 @@ from conftest import MAE_TINY, draw_images
 from safetensors.torch import load_file
 
 import hieralab
-import hieralab.tasks.evaluate
+import hieralab.tasks.finetune
 from hieralab.cli import main
 from hieralab.config import FinetuneConfig, LinprobeConfig, PretrainConfig, load_config
-from hieralab.engine.evaluate import (
-    classification_metrics,
-    confusion_matrix,
-    knn_classify,
-)
+from hieralab.engine.evaluate import knn_classify
+from hieralab.metrics.classification import classification_metrics, confusion_matrix
 from hieralab.engine.optim import build_adamw
 from hieralab.engine.trainer import Trainer
 from hieralab.tasks import finetune, pretrain
@@ -234,7 +231,7 @@ def test_cli_eval_predict_linprobe_extract(tmp_path, images, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["finetune", "model=mae_hiera_mini_32"], "is an MAE model"),
     (["finetune", "init=/nonexistent/run"], "no such file or folder"),
-    (["eval", "/nonexistent"], "is not a classifier folder"),
+    (["eval", "/nonexistent"], "/nonexistent: no such run folder"),
     (["extract", "--model", "hiera_mini_32", "--out", "feats.txt"], "use a .safetensors or .npy"),
 ])
 def test_cli_errors_are_one_line(argv, message, capsys):
@@ -300,7 +297,7 @@ def test_predict_many_files_and_folders_writes_a_csv(tmp_path, images, capsys):
     assert [Path(r["file"]).name for r in bad] == ["broken.png"] and "UnidentifiedImageError" in bad[0]["error"]
     good = [r for r in rows if not r["error"]]
     assert all(r["label_1"] in ("boxes", "circles") and float(r["p_1"]) >= float(r["p_2"]) for r in good)
-    one = hieralab.tasks.evaluate.predict_image(str(tmp_path / "ft"), str(tmp_path / "more" / "copy.png"), topk=2)
+    one = hieralab.tasks.finetune.predict_image(str(tmp_path / "ft"), str(tmp_path / "more" / "copy.png"), topk=2)
     row = next(r for r in good if r["file"].endswith("copy.png"))
     assert one[0] == (row["label_1"], float(row["p_1"]))  # batched or alone, the same answer
     mine = tmp_path / "mine.csv"

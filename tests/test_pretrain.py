@@ -166,7 +166,7 @@ def test_nan_loss_stops_and_names_the_last_good_checkpoint(tmp_path, images, mon
 def test_gradient_accumulation_matches_a_larger_batch(tmp_path, images):
     run(args(tmp_path / "big", images, "optim.batch_size=8", "max_steps=3"))
     run(args(tmp_path / "acc", images, "optim.batch_size=4", "optim.accum_steps=2", "max_steps=3"))
-    for (_, a), (_, b) in zip(losses(tmp_path / "big"), losses(tmp_path / "acc")):
+    for (_, a), (_, b) in zip(losses(tmp_path / "big"), losses(tmp_path / "acc"), strict=True):
         assert a == pytest.approx(b, rel=1e-5)
 
 
@@ -179,7 +179,7 @@ def test_two_process_ddp_matches_one_process(tmp_path, clean_images):
          "pretrain", *args(tmp_path / "two", images, "optim.batch_size=4", "max_steps=3")],
         capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for (_, a), (_, b) in zip(losses(tmp_path / "one"), losses(tmp_path / "two")):
+    for (_, a), (_, b) in zip(losses(tmp_path / "one"), losses(tmp_path / "two"), strict=True):
         assert a == pytest.approx(b, rel=1e-4)
     assert (tmp_path / "two" / "model" / "model.safetensors").exists()
 
@@ -217,7 +217,7 @@ def test_two_process_fsdp_matches_one_process_and_resumes(tmp_path, clean_images
     assert "resuming from" in proc.stderr
     one, sharded = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert [s for s, _ in sharded] == [1, 2, 3, 4]
-    for (_, a), (_, b) in zip(one, sharded):
+    for (_, a), (_, b) in zip(one, sharded, strict=True):
         assert a == pytest.approx(b, rel=1e-4)
     full = load_file(tmp_path / "two" / "checkpoints" / "step-0000004" / "model.safetensors")
     ref = load_file(tmp_path / "one" / "checkpoints" / "step-0000004" / "model.safetensors")

@@ -1,14 +1,31 @@
 """hieralab: hierarchical vision transformers and sparse masked-autoencoder pretraining."""
 
-__version__ = "0.1.0"  # first, so that modules imported below may read it
+from __future__ import annotations
 
-from .mae import MaskedAutoencoderHiera, MaskedAutoencoderViT  # noqa: E402
-from .models import Hiera, T2TViT, VisionTransformer, create_model, list_models, model_config  # noqa: E402
-from .models.checkpoint import from_pretrained, load_checkpoint, save_pretrained  # noqa: E402
-from .models.inference import optimize_for_inference  # noqa: E402
+import importlib
+from typing import Any
 
-__all__ = [
-    "Hiera", "MaskedAutoencoderHiera", "MaskedAutoencoderViT", "T2TViT", "VisionTransformer", "__version__",
-    "create_model", "from_pretrained", "list_models", "load_checkpoint", "model_config", "optimize_for_inference",
-    "save_pretrained",
-]
+__version__ = "0.1.0"
+
+# The public names, imported on first use (PEP 562): `hieralab --version` and `import hieralab` stay instant; the
+# first model access imports torch.
+_EXPORTS = {
+    "Hiera": "models", "T2TViT": "models", "VisionTransformer": "models", "create_model": "models",
+    "list_models": "models", "model_config": "models",
+    "MaskedAutoencoderHiera": "mae", "MaskedAutoencoderViT": "mae",
+    "from_pretrained": "models.checkpoint", "load_checkpoint": "models.checkpoint",
+    "save_pretrained": "models.checkpoint", "optimize_for_inference": "models.inference",
+}
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hieralab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

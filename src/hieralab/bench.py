@@ -8,11 +8,32 @@ import gc
 import re
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+
+def logits_only(official: nn.Module) -> nn.Module:
+    """An official ``hiera-transformer`` model with its head's eval-mode softmax removed, so that it returns logits
+    as ours does (the reference's quirk; see ../shared/REFERENCE.md)."""
+    official.head.act_func = nn.Identity()
+    return official
+
+
+def official_model(name: str, **kwargs) -> nn.Module | None:
+    """The official ``hiera-transformer`` model ``name`` (its factory, ``kwargs`` passed on) in eval mode, returning
+    logits (:func:`logits_only`); None when the package is not installed or has no such model."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import hiera
+    except ImportError:
+        return None
+    factory = getattr(hiera, name, None)
+    return logits_only(factory(**kwargs).eval()) if factory is not None else None
 
 
 def count_params(model: nn.Module) -> int:

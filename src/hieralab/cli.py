@@ -1,55 +1,26 @@
-"""The ``hieralab`` command line: thin wrappers that parse arguments and call the library."""
+"""The ``hieralab`` command line: built from the task table (``hieralab.tasks.TASKS``) -- a training subcommand per
+task, ``eval`` and ``predict`` for every task that has them -- plus the commands that are not tasks (list, bench,
+shards, scenes, extract, export, reconstruct, the studies). It parses, calls the library, and prints what the task
+says of its result; it holds no per-task branch."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import traceback
-import warnings
 from pathlib import Path
 
-import torch
-
-from . import __version__, files
-from . import bench as B
-from .config import (PRESETS, DetectConfig, FinetuneConfig, LinprobeConfig, PretrainConfig, SegmentConfig,
-                     load_config, preset_names, preset_summary)
-from .data.scenes import ensure_scenes
-from .data.shards import shard_source
-from .engine.artifacts import data_tag
-from .engine.dense import dense_model_folder
-from .errors import HieralabError
-from .experiments import dense_study, study
-from .models import create_model, list_models, model_config
-from .models.registry import model_class
-from .models.inference import optimize_for_inference
-from .tasks import detect, evaluate, export, extract, finetune, linprobe, pretrain, reconstruct, segment
-
-
-def _official(name: str):
-    """The official ``hiera-transformer`` model of this name, with its eval-mode softmax removed, or None."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import hiera
-    except ImportError:
-        return None
-    factory = getattr(hiera, name, None)
-    if factory is None:
-        return None
-    model = factory().eval()
-    model.head.act_func = lambda x: x
-    return model
+from . import __version__
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from .models import list_models, model_config
+
     for name in list_models(args.pattern):
         cfg = model_config(name)
-        if getattr(model_class(name), "is_dense", False):
-            print(f"{name:28s} a dense head on any encoder (hieralab {'detect' if name == 'detector' else 'segment'})")
-            continue
         size = tuple(cfg["input_size"]) if "input_size" in cfg else (cfg.get("img_size", 224),) * 2
         shape = f"stages {tuple(cfg['stages'])}" if "stages" in cfg else f"depth {cfg.get('depth')}"
         print(f"{name:28s} input {size}  embed {cfg.get('embed_dim')}  {shape}")
@@ -62,63 +33,76 @@ def _run_options(args: argparse.Namespace) -> dict:
     return {"resume": args.resume, "overwrite": args.overwrite, "accept_changes": accept}
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    cfg = load_config(PretrainConfig, args.preset, args.overrides)
-    summary = pretrain.run(cfg, **_run_options(args))
-    if "model" in summary:  # the main process
-        print(f"\npretrained {cfg.model} for {summary['steps']} steps in {summary['seconds']:.0f} s "
-              f"({summary['images_per_s']:.0f} images/s), final loss {summary['final_loss']:.4f}"
-              + (f" (running mean {summary['loss_running_mean']:.4f})" if summary.get("loss_running_mean") else ""))
-        for key in ("model", "encoder", "curve", "reconstructions"):
-            if key in summary:
-                print(f"  {key:16s} {summary[key]}")
-    return 0
+def cmd_train(args: argparse.Namespace) -> int:
+    """Any task of the table: its config from defaults <- preset <- overrides, its run, its report."""
+    from .config import load_config
+    from .tasks import TASKS
 
-
-def cmd_finetune(args: argparse.Namespace) -> int:
+    task = TASKS[args.command]
     overrides = list(args.overrides)
-    if args.trainable_blocks is not None:
-        overrides.append(f"trainable_blocks={args.trainable_blocks}")
-    cfg = load_config(FinetuneConfig, args.preset, overrides)
-    summary = finetune.run(cfg, **_run_options(args))
-    if "last" in summary:
-        print(f"\nfine-tuned {cfg.model} for {summary['steps']} steps in {summary['seconds']:.0f} s: best top-1 "
-              f"{summary['best_top1']:.2f} % (step {summary['best_step']}, {summary['best_weights']}), last "
-              f"{summary['last_top1']:.2f} %")
-        for key in ("best", "last", "curve"):
-            if key in summary:
-                print(f"  {key:8s} {summary[key]}")
+    overrides += [f"{f.override}={getattr(args, f.dest)}" for f in task.flags if getattr(args, f.dest) is not None]
+    cfg = load_config(task.config, args.preset, overrides, task=task.name)
+    summary = task.run(cfg, **_run_options(args))
+    if int(os.environ.get("RANK", "0") or 0) == 0:  # the main process reports (the others wrote no outputs)
+        print("\n" + "\n".join(task.report(cfg, summary)))
     return 0
 
 
-def cmd_detect(args: argparse.Namespace) -> int:
-    cfg = load_config(DetectConfig, args.preset, args.overrides)
-    s = detect.run(cfg, **_run_options(args))
-    if "bbox_AP" in s:
-        print(f"\ntrained {cfg.head} on {cfg.model} for {s['steps']} steps in {s['seconds']:.0f} s: box AP "
-              f"{s['bbox_AP']:.2f} (AP50 {s['bbox_AP50']:.2f})" + (f", mask AP {s['segm_AP']:.2f}" if "segm_AP" in s
-                                                                     else ""))
-        print(f"  wrote {s['run_dir']}: metrics.json, predictions.json, predictions.png, model/")
+def _action_flags(args: argparse.Namespace, action_name: str, task) -> dict:
+    """The flags of ``eval`` / ``predict`` that ``task`` takes; one given that it does not take is an error naming
+    the task that does."""
+    from .tasks import TASKS
+
+    action = getattr(task, action_name)
+    mine = {f.dest for f in action.flags}
+    for other in TASKS.values():
+        for f in getattr(other, action_name).flags if getattr(other, action_name) else ():
+            if f.dest not in mine and getattr(args, f.dest, None) not in (None, f.default, False):
+                raise ValueError(f"{f.name} is for {other.name} runs; {args.run} is a {task.name} run")
+    return {f.dest: getattr(args, f.dest) for f in action.flags}
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .tasks import TASKS, task_of
+
+    task, _ = task_of(args.run)
+    if task.evaluate is None:
+        takes = ", ".join(t.name for t in TASKS.values() if t.evaluate)
+        raise ValueError(f"{args.run} is a {task.name} run; eval takes {takes} runs")
+    result = task.evaluate.call(args.run, out=args.out, overwrite=args.overwrite, **_action_flags(args, "evaluate", task))
+    print("\n".join(task.evaluate.report(result)))
     return 0
 
 
-def cmd_segment(args: argparse.Namespace) -> int:
-    cfg = load_config(SegmentConfig, args.preset, args.overrides)
-    s = segment.run(cfg, **_run_options(args))
-    if "mIoU" in s:
-        print(f"\ntrained the segmenter on {cfg.model} for {s['steps']} steps in {s['seconds']:.0f} s: mIoU "
-              f"{s['mIoU']:.2f} %")
-        print(f"  wrote {s['run_dir']}: metrics.json, predictions.png, model/")
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .tasks import TASKS, task_of
+
+    task, _ = task_of(args.checkpoint)
+    if task.predict is None:
+        takes = ", ".join(t.name for t in TASKS.values() if t.predict)
+        raise ValueError(f"{args.checkpoint} is a {task.name} run; predict takes {takes} runs")
+    args.run = args.checkpoint
+    flags = _action_flags(args, "predict", task)
+    if args.out is not None:
+        flags["out"] = args.out
+    result = task.predict.call(args.checkpoint, args.images, overwrite=args.overwrite, **flags)
+    print("\n".join(task.predict.report(result)))
     return 0
 
 
 def cmd_scenes(args: argparse.Namespace) -> int:
+    from .data.scenes import ensure_scenes
+
     out = ensure_scenes(args.out, train=args.train, val=args.val, seed=args.seed)
     print(f"Fashion-MNIST scenes in {out}: train/ and val/, each images/*.png, semantic/*.png, annotations.json")
+    print(f"  detect on them:  hieralab detect data.scenes_root={out}")
+    print(f"  segment on them: hieralab segment data.scenes_root={out}")
     return 0
 
 
 def cmd_shards(args: argparse.Namespace) -> int:
+    from .data.shards import shard_source
+
     index = shard_source(args.source, args.out, shard_size=args.shard_size)
     print(f"wrote {index['samples']} {index['kind']} in {len(index['shards'])} shards; train on them with "
           f"data.source='{index['pattern']}'")
@@ -126,6 +110,8 @@ def cmd_shards(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
+    from .config import PRESETS, preset_names, preset_summary
+
     rows = [(name, *preset_summary(name)) for name in preset_names()]
     width = max(len(name) for name, _, _ in rows)
     for name, task, summary in rows:
@@ -134,79 +120,9 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_linprobe(args: argparse.Namespace) -> int:
-    cfg = load_config(LinprobeConfig, args.preset, args.overrides)
-    summary = linprobe.run(cfg, **_run_options(args))
-    if "best_top1" in summary:
-        print(f"\nlinear probe of {cfg.model} ({cfg.init or 'random init'}): best top-1 "
-              f"{summary['best_top1']:.2f} % at lr {summary['best_lr']:g}")
-        for lr, acc in summary["top1_per_lr"].items():
-            print(f"  lr {float(lr):<8g} {acc:.2f} %")
-        print(f"  wrote {cfg.out_dir}/linprobe.json, linprobe.png, head.safetensors")
-    return 0
-
-
-def _dense_kind(path: str) -> str | None:
-    """"detect" / "segment" when ``path`` is such a run (or its ``model/``), else None."""
-    for meta, kind in ((detect.META, "detect"), (segment.META, "segment")):
-        if dense_model_folder(path, meta) is not None:
-            return kind
-    return None
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    kind = _dense_kind(args.checkpoint)
-    if kind == "detect":
-        m = detect.evaluate_run(args.checkpoint, ann=args.ann, images=args.images, out=args.out)
-        print(f"box AP {m['bbox_AP']:.2f} (AP50 {m['bbox_AP50']:.2f})"
-              + (f", mask AP {m['segm_AP']:.2f}" if "segm_AP" in m else "") + f" on {m['images']} images")
-        print(f"  wrote {m['out']}/metrics.json, predictions.json, predictions.png")
-        return 0
-    if kind == "segment":
-        m = segment.evaluate_run(args.checkpoint, images=args.images, masks=args.masks, out=args.out,
-                                 inference=args.inference)
-        print(f"mIoU {m['mIoU']:.2f} %, pixel accuracy {m['pixel_accuracy']:.2f} % on {m['images']} images")
-        print(f"  wrote {m['out']}/metrics.json and predictions.png")
-        return 0
-    m = evaluate.run_eval(args.checkpoint, source=args.data, split=args.split, out=args.out,
-                          img_size=args.img_size, limit=args.limit, temporal_views=args.temporal_views,
-                          spatial_views=args.spatial_views)
-    print(f"top-1 {m['top1']:.2f} %  top-5 {m['top5']:.2f} %  ({m['count']} images)")
-    print(f"  wrote {m['out']}/metrics.json and confusion.png")
-    return 0
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    kind = _dense_kind(args.checkpoint)
-    if kind is not None:
-        r = (detect.predict_images(args.checkpoint, args.images, out=args.out) if kind == "detect" else
-             segment.predict_images(args.checkpoint, args.images, out=args.out))
-        found = f"{r['detections']} detections" if kind == "detect" else f"{len(r['masks'])} masks"
-        print(f"{found} for {r.get('images', len(r.get('masks', [])))} images; wrote {r['out']}")
-        return 0
-    if args.csv:
-        files.refuse_existing(args.csv, args.overwrite)
-    rows = evaluate.predict_files(args.checkpoint, args.images, topk=args.topk, batch_size=args.batch_size)
-    if len(rows) == 1 and not args.csv:  # one image: its top-k, one per line
-        if "error" in rows[0]:
-            raise ValueError(f"{rows[0]['file']} is not a readable image file ({rows[0]['error']})")
-        for label, p in rows[0]["top"]:
-            print(f"{p:7.2%}  {label}")
-        return 0
-    for r in rows[:20]:
-        shown = r["error"] if "error" in r else ", ".join(f"{label} {p:.1%}" for label, p in r["top"][:3])
-        print(f"{r['file']}: {shown}")
-    if len(rows) > 20:
-        print(f"... and {len(rows) - 20} more")
-    path = Path(args.csv) if args.csv else (evaluate.classifier_dir(args.checkpoint) /
-                                           f"predict-{data_tag(args.images)}.csv")
-    evaluate.write_predictions(rows, path, min(args.topk, len(rows[0].get("top", [])) or args.topk))
-    bad = sum("error" in r for r in rows)
-    print(f"wrote the top-{args.topk} of {len(rows)} files to {path}" + (f" ({bad} unreadable)" if bad else ""))
-    return 0
-
-
 def cmd_extract(args: argparse.Namespace) -> int:
+    from .tasks import extract
+
     s = extract.run(model=args.model, init=args.init, source=args.data, split=args.split, out=args.out,
                     img_size=args.img_size, stages=args.stages, knn=args.knn, knn_train=args.knn_train, k=args.k,
                     limit=args.limit, num_frames=args.frames, frame_stride=args.frame_stride, overwrite=args.overwrite)
@@ -217,6 +133,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
+    from .experiments import study
+
     s = study.run(encoder=args.encoder, preset=args.preset, pretrain_epochs=args.pretrain_epochs,
                   finetune_epochs=args.finetune_epochs, trainable_blocks=args.trainable_blocks, seeds=args.seeds,
                   probe_epochs=args.probe_epochs, out_dir=args.out, limit=args.limit, extra=args.overrides)
@@ -239,6 +157,8 @@ def _copy_to_docs(out: str, docs: str, name: str, prefix: str = "") -> None:
 
 
 def cmd_study_dense(args: argparse.Namespace) -> int:
+    from .experiments import dense_study
+
     s = dense_study.run(mae=args.mae, encoder=args.encoder, seeds=args.seeds, steps=args.steps, out_dir=args.out,
                         extra=args.overrides)
     print()
@@ -249,6 +169,8 @@ def cmd_study_dense(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .tasks import export
+
     r = export.run(args.model, args.out, checkpoint=args.checkpoint, batch=args.batch,
                    dynamic_batch=args.dynamic_batch, img_size=args.img_size, frames=args.frames,
                    check=not args.no_check, overwrite=args.overwrite)
@@ -260,8 +182,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from .tasks import reconstruct
+
     paths = reconstruct.run(args.path, images=args.images, split=args.split, num=args.num, out=args.out,
-                            seed=args.seed, mask_ratio=args.mask_ratio, img_size=args.img_size)
+                            seed=args.seed, mask_ratio=args.mask_ratio, img_size=args.img_size,
+                            overwrite=args.overwrite)
     print(f"wrote {len(paths)} reconstructions (original | masked | reconstruction | visible pasted) and "
           f"overview.png to {paths[0].parent}")
     return 0
@@ -270,8 +195,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 def _time_against_official(name: str, shape: tuple[int, ...], rounds: int, *, with_official: bool):
     """Seconds per forward of ours, ours + optimize_for_inference and (if installed) the official model, on the
     same weights and input, interleaved."""
+    import torch
+
+    from . import bench as B
+    from .models.inference import optimize_for_inference
+    from .models import create_model
+
     ours = create_model(name).eval()
-    official = _official(name) if with_official else None
+    official = B.official_model(name) if with_official else None
     if official is not None:
         ours.load_state_dict(official.state_dict())
     fast = optimize_for_inference(ours)
@@ -283,6 +214,11 @@ def _time_against_official(name: str, shape: tuple[int, ...], rounds: int, *, wi
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import bench as B, files
+    from .models import create_model, list_models
+
     names = list_models(args.models)
     if not names:
         print(f"error: no registered model matches {args.models!r}; see `hieralab list`", file=sys.stderr)
@@ -341,10 +277,26 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
                         "recorded in run.json")
 
 
+def _union(flags) -> list:
+    """The flags of several tasks' actions, each name once (the first declaration's help)."""
+    seen: dict[str, object] = {}
+    for f in flags:
+        seen.setdefault(f.dest, f)
+    return list(seen.values())
+
+
+TRAINING = "training"  # the subparsers built from the task table take key=value overrides anywhere on the line
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .config import preset_names
+    from .data import catalog
+    from .tasks import TASKS
+
     parser = argparse.ArgumentParser(prog="hieralab", description=__doc__)
     parser.add_argument("--version", action="version", version=f"hieralab {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and third-party INFO logs")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars and only warnings from hieralab")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list registered models")
@@ -362,60 +314,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("pretrain", help="MAE-pretrain a mae_* model on Fashion-MNIST or a folder of images",
-                       description="Defaults <- --preset <- key=value overrides; the resolved config is written to "
-                                   "<out_dir>/config.yaml. Multi-process: torchrun --nproc_per_node N -m hieralab.cli "
-                                   "pretrain ...")
-    p.add_argument("--preset", default="mae_hiera_fmnist",
-                   help=f"a preset name ({', '.join(preset_names())}) or a .yaml path")
-    _run_flags(p)
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="e.g. data.source=~/photos optim.batch_size=32 epochs=5 out_dir=runs/mine")
-    p.set_defaults(func=cmd_pretrain)
+    for task in TASKS.values():  # the training commands: one per task of the table
+        p = sub.add_parser(task.name, help=task.help, description=task.description or None)
+        p.add_argument("--preset", default=task.default_preset,
+                       help=f"a preset name ({', '.join(preset_names())}) or a .yaml path")
+        _run_flags(p)
+        for flag in task.flags:
+            flag.add_to(p)
+        p.add_argument("overrides", nargs="*", metavar="key=value",
+                       help=f"config overrides, before or after the flags, e.g. {task.example}" if task.example
+                       else "config overrides, before or after the flags")
+        p.set_defaults(func=cmd_train, kind=TRAINING)
 
-    p = sub.add_parser("finetune", help="fine-tune an encoder (from an MAE run, an official checkpoint or scratch) "
-                                        "on Fashion-MNIST or a labelled image folder",
-                       description="Defaults <- --preset <- key=value overrides (hieralab/config/schema.py: "
-                                   "FinetuneConfig). Multi-process: torchrun --nproc_per_node N -m hieralab.cli "
-                                   "finetune ...")
-    p.add_argument("--preset", help=f"a preset name ({', '.join(preset_names())}) or a .yaml path")
-    _run_flags(p)
-    p.add_argument("--trainable-blocks", type=int, help="partial fine-tuning: train only the last k blocks (and "
-                                                        "the final norm and head)")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="e.g. model=hiera_mini_32 init=runs/mae_hiera_fmnist epochs=5 data.source=~/labelled")
-    p.set_defaults(func=cmd_finetune)
+    takes = [t for t in TASKS.values() if t.evaluate]
+    p = sub.add_parser("eval", help="score a finished run: " + ", ".join(f"{t.name}" for t in takes) +
+                                    " (the run.json of the folder says which)")
+    p.add_argument("run", help="a run folder or a model folder in it (" +
+                   ", ".join(f"{t.name}: {'/ '.join(t.model_folders)}/" for t in takes if t.model_folders) + ")")
+    p.add_argument("--out", help="output folder (default: a folder in the run named after the data); a folder "
+                                 "hieralab did not write is refused unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="move an existing --out aside (nothing is deleted)")
+    for flag in _union(f for t in takes for f in t.evaluate.flags):
+        flag.add_to(p)
+    p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("linprobe", help="linear probes (one per learning rate, one pass) on a frozen encoder")
-    p.add_argument("--preset", help="a preset name or a .yaml path")
-    _run_flags(p)
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="e.g. model=hiera_mini_32 init=runs/mae_hiera_fmnist 'lrs=[0.1,1.0]' epochs=30")
-    p.set_defaults(func=cmd_linprobe)
+    takes = [t for t in TASKS.values() if t.predict]
+    p = sub.add_parser("predict", help="predictions of a finished run on new images, files or folders: " +
+                                       ", ".join(t.name for t in takes))
+    p.add_argument("images", nargs="+", help="image files and / or folders of images")
+    p.add_argument("--checkpoint", required=True, help="a run folder or a model folder in it")
+    p.add_argument("--out", help="the folder for the predictions (default: <run>/predict-<inputs>); a folder "
+                                 "hieralab did not write is refused unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --csv, move an existing --out aside")
+    for flag in _union(f for t in takes for f in t.predict.flags):
+        flag.add_to(p)
+    p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("detect", help="train a detector (Mask R-CNN, RetinaNet, FCOS) on an encoder; COCO data "
-                                      "(default: the Fashion-MNIST scenes); box / mask AP at the end",
-                       description="Defaults <- --preset <- key=value overrides (hieralab/config/schema.py: "
-                                   "DetectConfig), e.g. data.train_ann=train.json data.train_images=images/ "
-                                   "init=runs/mae_hiera_fmnist")
-    p.add_argument("--preset", help="a preset name or a .yaml path")
-    _run_flags(p)
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.set_defaults(func=cmd_detect)
-
-    p = sub.add_parser("segment", help="train a semantic segmenter on an encoder; image + mask-PNG folders "
-                                       "(default: the Fashion-MNIST scenes); mIoU at the end",
-                       description="Defaults <- --preset <- key=value overrides (SegmentConfig), e.g. "
-                                   "data.train_images=img/ data.train_masks=masks/ 'data.classes=[sky,road]'")
-    p.add_argument("--preset", help="a preset name or a .yaml path")
-    _run_flags(p)
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.set_defaults(func=cmd_segment)
-
-    p = sub.add_parser("shards", help="write an image folder, Fashion-MNIST or a clip folder / list as WebDataset "
-                                      "tar shards (then data.source='OUT/shard-{000000..N}.tar')")
-    p.add_argument("source", help="an image folder (class subfolders), fashion-mnist, or a folder / .csv / .json "
-                                  "list of clips")
+    p = sub.add_parser("shards", help="write an image folder, a built-in dataset or a clip folder / list as "
+                                      "WebDataset tar shards (then data.source='OUT/shard-{000000..N}.tar')")
+    p.add_argument("source", help=f"an image folder (class subfolders), {catalog.describe_sources()}, or a folder / "
+                                  ".csv / .json list of clips")
     p.add_argument("out", help="a new (or empty) folder for shard-NNNNNN.tar and shards.json")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
     p.set_defaults(func=cmd_shards)
@@ -430,45 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_scenes)
 
-    p = sub.add_parser("eval", help="score a classifier (top-1 / top-5, confusion matrix), a detector (COCO box / "
-                                    "mask AP) or a segmenter (mIoU)")
-    p.add_argument("checkpoint", help="a finetune run folder (its best/) or a best/ or last/ folder; a detect or "
-                                      "segment run")
-    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or a labelled image folder")
-    p.add_argument("--split", default="test", help="fashion-mnist split (default: test)")
-    p.add_argument("--out", help="output folder (default: <checkpoint>/eval-<split>)")
-    p.add_argument("--img-size", type=int, help="default: the size it was trained at")
-    p.add_argument("--limit", type=int, help="only the first N images")
-    p.add_argument("--temporal-views", type=int, default=1, help="video: clips per video, evenly spaced (5 for "
-                                                                      "the Kinetics protocol)")
-    p.add_argument("--spatial-views", type=int, default=1, help="video: crops per clip along the long side (3)")
-    p.add_argument("--ann", help="detect: a COCO annotation file (default: the run's validation data)")
-    p.add_argument("--images", help="detect / segment: the folder of the images of --ann / --masks")
-    p.add_argument("--masks", help="segment: the folder of mask PNGs (default: the run's validation data)")
-    p.add_argument("--inference", default="whole", choices=("whole", "slide"), help="segment: whole images or "
-                                                                                   "sliding windows")
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("predict", help="a classifier's top-k labels (CSV), a detector's detections or a segmenter's "
-                                       "masks for images: files or folders")
-    p.add_argument("images", nargs="+", help="image files and / or folders of images")
-    p.add_argument("--checkpoint", required=True, help="a finetune run folder or its best/ or last/ folder, or a "
-                                                        "detect / segment run")
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--csv", help="write the top-k of every file here (default for several files: "
-                                 "<classifier>/predict-<name of the inputs>.csv)")
-    p.add_argument("--out", help="detect / segment runs: the folder for the predictions (default: "
-                                 "<run>/predict-<inputs>)")
-    p.add_argument("--overwrite", action="store_true", help="replace a --csv file that exists")
-    p.set_defaults(func=cmd_predict)
-
     p = sub.add_parser("extract", help="an encoder's features of a dataset to .safetensors / .npy, and a k-NN "
                                        "evaluation on them")
     p.add_argument("--model", required=True, help="an encoder name, e.g. hiera_mini_32")
     p.add_argument("--init", help="its weights: a pretrain run, a save_pretrained folder or a checkpoint file")
-    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or an image folder")
-    p.add_argument("--split", default="test", help="fashion-mnist split (default: test)")
+    p.add_argument("--data", default=catalog.DEFAULT, help=f"{catalog.describe_sources()} or an image folder")
+    p.add_argument("--split", help="a built-in dataset's split (default: its held-out one)")
     p.add_argument("--out", required=True, help="NAME.safetensors or NAME.npy")
     p.add_argument("--overwrite", action="store_true", help="replace --out (and its .labels.npy / .json) if it exists")
     p.add_argument("--img-size", type=int, default=32)
@@ -527,14 +432,28 @@ def build_parser() -> argparse.ArgumentParser:
                                            "| visible patches pasted back")
     p.add_argument("path", help="a pretraining run folder or a save_pretrained MAE folder")
     p.add_argument("--images", help="a folder of images (default: the run's data source)")
-    p.add_argument("--split", help="dataset split (default: test for fashion-mnist)")
+    p.add_argument("--split", help="a built-in dataset's split (default: its held-out one)")
     p.add_argument("--num", type=int, default=8, help="how many images")
-    p.add_argument("--out", help="output folder (default: <path>/reconstructions)")
+    p.add_argument("--out", help="output folder (default: <path>/reconstructions); a folder hieralab did not write "
+                                 "is refused unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="move an existing --out aside (nothing is deleted)")
     p.add_argument("--seed", type=int, default=0, help="seed of the masks")
     p.add_argument("--mask-ratio", type=float, help="default: the model's")
     p.add_argument("--img-size", type=int, help="default: the run's")
     p.set_defaults(func=cmd_reconstruct)
     return parser
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The parsed command line; a training command takes ``key=value`` overrides before and after its flags (what
+    argparse leaves over is appended to them; anything else left over is an error)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "kind", None) == TRAINING and not any(x.startswith("-") for x in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -550,21 +469,45 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def _setup_logging(debug: bool) -> None:
-    """hieralab's own messages at INFO; other libraries' only from WARNING up (all at INFO with --debug)."""
+def _setup_logging(debug: bool, quiet: bool = False) -> None:
+    """hieralab's own messages at INFO (WARNING with ``--quiet``, and on every process of a ``torchrun`` but the
+    first, so each line appears once); other libraries' only from WARNING up (all at INFO with --debug)."""
+    from .progress import set_quiet
+
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, handlers=[handler], force=True)
-    logging.getLogger("hieralab").setLevel(logging.DEBUG if debug else logging.INFO)
+    other_rank = int(os.environ.get("RANK", "0") or 0) != 0
+    level = logging.DEBUG if debug else logging.WARNING if quiet or other_rank else logging.INFO
+    logging.getLogger("hieralab").setLevel(level)
+    set_quiet(quiet or other_rank)
+
+
+def _terminated(signum, frame) -> None:
+    """SIGTERM (a scheduler's or ``kill``'s stop) as Ctrl-C: the run is marked interrupted and says how to resume."""
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(args.debug)
-    if getattr(args, "batch", 1) < 1 or getattr(args, "rounds", 1) < 1:
-        print("error: --batch and --rounds must be at least 1", file=sys.stderr)
-        return 2
+    import signal
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["--version"], ["-V"]):  # answered before anything heavy is imported
+        print(f"hieralab {__version__}")
+        return 0
+    from .errors import HieralabError
+
+    args = parse(argv)
+    _setup_logging(args.debug, args.quiet)
+    for flag in ("batch", "rounds"):
+        if getattr(args, flag, 1) < 1:
+            print(f"hieralab {args.command}: error: --{flag} {getattr(args, flag)}: must be at least 1", file=sys.stderr)
+            return 2
     prefix = f"hieralab {args.command}: error: "
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminated)
+    except ValueError:  # not the main thread (a library caller's worker): leave signals alone
+        previous = None
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -585,6 +528,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prefix}{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (unexpected: rerun with "
               "--debug for the traceback, and report it)", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ interrupted write left behind (:func:`remove_orphans`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import datetime as _dt
 import errno
 import io
 import json
@@ -57,11 +59,15 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, durable: bool = False) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, durable: bool = False,
+                 exclusive: bool = False) -> Path:
     """``write(tmp)`` writes the content to a temporary path beside ``path``, which is then renamed over it.
 
     With ``durable`` the file and the folder entry are fsynced (checkpoints, logs that must survive power loss).
-    The file gets the mode an ordinary ``open`` would give it under the current umask.
+    With ``exclusive`` the file only comes into place where nothing is (a hard link, which fails on an existing
+    name): the check and the write are one step, so of two processes writing one new path one succeeds and the
+    other gets a :class:`FileExistsError`. The file gets the mode an ordinary ``open`` would give it under the
+    current umask.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
@@ -72,13 +78,74 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, durab
         if durable:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise FileExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it, or give "
+                                      "another path") from None
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
         if durable:
             fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+OUTPUT_MARK = ".hieralab-output"  # in every folder publish_folder wrote: a later command may replace it
+
+
+@contextlib.contextmanager
+def output_folder(target: str | os.PathLike, *, overwrite: bool = False, command: str = "hieralab"):
+    """A command's result folder, written whole or not at all: yields a fresh temporary folder beside ``target``
+    to fill, then puts it in place with one rename.
+
+    ``target`` may be missing, empty, or a folder an earlier hieralab command wrote (it holds :data:`OUTPUT_MARK`),
+    which is replaced. Anything else there -- a user's folder, a file -- is refused with a
+    :class:`FileExistsError` before anything is computed, and again at the rename (a second process that published
+    meanwhile wins; this one reports the refusal), unless ``overwrite``, which moves it aside to
+    ``<target>.replaced-<time>`` (nothing is deleted).
+    """
+    target = Path(target).expanduser()
+    _check_output(target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = temp_dir(target.parent, target.name)
+    try:
+        yield work
+        (work / OUTPUT_MARK).write_text(json.dumps({"command": command}) + "\n")
+        _check_output(target, overwrite)
+        if overwrite and target.exists() and not (target / OUTPUT_MARK).exists():
+            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            aside = target.with_name(f"{target.name}.replaced-{stamp}")
+            os.replace(target, aside)
+        old = None
+        if (target / OUTPUT_MARK).exists():  # our own earlier output: out of the way, deleted once replaced
+            old = target.with_name(f".{target.name}-old-{os.getpid()}{TMP_SUFFIX}")
+            os.replace(target, old)
+        try:
+            os.rename(work, target)  # fails if something non-empty came into place meanwhile
+        except OSError as e:
+            if old is not None:
+                os.replace(old, target)
+            raise FileExistsError(f"{target} was written by another process meanwhile; nothing of this run was put "
+                                  "there") from e
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_output(target: Path, overwrite: bool) -> None:
+    if overwrite or not target.exists():
+        return
+    if target.is_dir() and ((target / OUTPUT_MARK).exists() or not any(target.iterdir())):
+        return
+    what = "a file" if not target.is_dir() else "a folder hieralab did not write"
+    raise FileExistsError(f"{target} is {what}; give another --out, or pass --overwrite to move it aside")
 
 
 def refuse_existing(path: str | os.PathLike, overwrite: bool) -> Path:

@@ -510,11 +510,9 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS.glob("*.yaml"))
 
 
-PRESET_TASKS = {"mae_": "pretrain", "finetune_": "finetune"}  # a preset's task, from its name's prefix
-
-
 def preset_task(name: str) -> str:
-    return next((task for prefix, task in PRESET_TASKS.items() if name.startswith(prefix)), "?")
+    """The command a preset is for: its ``task:`` key ("?" when it names none)."""
+    return str(read_preset(name).get("task", "?"))
 
 
 def preset_summary(name: str) -> tuple[str, str]:
@@ -564,10 +562,16 @@ def read_preset(preset: str) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type, preset: str | None, overrides: list[str]) -> Any:
+def load_config(cls: type, preset: str | None, overrides: list[str], *, task: str | None = None) -> Any:
     """Defaults <- preset <- overrides, every value checked: a :class:`ConfigError` lists every problem (unknown
-    keys, wrong types, values out of range), one line each."""
-    data = apply_overrides(read_preset(preset) if preset else {}, overrides)
+    keys, wrong types, values out of range), one line each. A preset declares its command (``task:``); given
+    ``task``, a preset for another command is refused."""
+    data = read_preset(preset) if preset else {}
+    declared = data.pop("task", None)
+    if task is not None and declared is not None and declared != task:
+        raise ConfigError([f"--preset {preset} is a {declared} preset; use it with hieralab {declared}, or choose a "
+                           f"{task} preset (hieralab presets)"])
+    data = apply_overrides(data, overrides)
     problems: list[str] = []
     cfg = _from_dict(cls, data, "", None, problems)
     named = {re.split(r"[=:;]", p, maxsplit=1)[0].removeprefix("unknown config key ") for p in problems}

@@ -25,6 +25,7 @@ class FashionMNIST(torch.utils.data.Dataset):
     """``(PIL image (mode L), label)`` pairs; ``split`` is ``"train"`` (60,000) or ``"test"`` (10,000)."""
 
     classes = CLASSES
+    channels = 1  # grey images
 
     def __init__(self, split: str = "train", root: str | os.PathLike = ROOT):
         if split not in ("train", "test"):

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..metrics.segmentation import IGNORE
 from ..errors import DataError
 from .images import Unreadable, is_image_file, load_image
 
 log = logging.getLogger(__name__)
-IGNORE = 255
 INDEX_MODES = ("L", "LA", "P", "1", "I", "I;16", "I;16B", "I;16L", "F")  # one value a pixel (LA: its alpha aside)
 CHECKED = 32  # masks read before training to find a labelled pixel
 

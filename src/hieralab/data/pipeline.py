@@ -18,7 +18,7 @@ import torch
 from .. import seeds
 from ..errors import DataError
 from ..mae.masking import random_visible
-from . import fashion_mnist
+from . import catalog
 from .images import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, Unreadable, drop_unreadable
 from .shards import ShardSet, ShardStream, is_shard_source
 from .streams import sample_key
@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 
 
 def build_dataset(source: str, split: str = "train", limit: int | None = None, *, video: bool = False):
-    """``(dataset, mean, std, classes)`` for ``"fashion-mnist"`` or an image folder (items ``(PIL image, label)``),
-    or with ``video`` a folder / list of clips (items ``(path, label)``), or tar shards of either; ``limit`` keeps
-    the first N."""
+    """``(dataset, mean, std, classes)`` for a built-in dataset (``data/catalog.py``) or an image folder (items
+    ``(PIL image, label)``), or with ``video`` a folder / list of clips (items ``(path, label)``), or tar shards of
+    either; ``limit`` keeps the first N."""
     if is_shard_source(source):
         ds = ShardSet(source)
         if (ds.kind == "clips") != video:
@@ -38,13 +38,16 @@ def build_dataset(source: str, split: str = "train", limit: int | None = None, *
         if limit is not None:
             raise DataError("data.limit does not apply to tar shards (they stream); give fewer shards in the pattern")
         return ds, IMAGENET_MEAN, IMAGENET_STD, list(ds.classes)
+    entry = catalog.builtin(source)
     if video:
-        if source == "fashion-mnist":
-            raise DataError("a video model needs video data: set data.source to a folder of clips (class subfolders) "
-                            "or a .csv / .json list of (path, label)")
+        if entry is not None:
+            raise DataError(f"a video model needs video data, and {source} holds images: set data.source to a folder "
+                            "of clips (class subfolders) or a .csv / .json list of (path, label)")
         ds, mean, std = VideoClips(source), IMAGENET_MEAN, IMAGENET_STD
-    elif source == "fashion-mnist":
-        ds, mean, std = fashion_mnist.FashionMNIST(split), fashion_mnist.MEAN, fashion_mnist.STD
+    elif entry is not None:
+        if split not in entry.splits:
+            raise DataError(f"{source} has the splits {', '.join(entry.splits)}, not {split!r}")
+        ds, mean, std = entry.build(split), entry.mean, entry.std
     else:
         ds, mean, std = ImageFiles(source), IMAGENET_MEAN, IMAGENET_STD
     classes = list(ds.classes)
@@ -58,7 +61,7 @@ def item_labels(dataset) -> list[int]:
     if isinstance(dataset, torch.utils.data.Subset):
         inner = item_labels(dataset.dataset)
         return [inner[i] for i in dataset.indices]
-    if isinstance(dataset, fashion_mnist.FashionMNIST):
+    if hasattr(dataset, "targets"):  # a built-in that holds its labels as one tensor
         return dataset.targets.tolist()
     if isinstance(dataset, ImageFiles):
         return [label for _, label in dataset.samples]
@@ -84,7 +87,7 @@ def data_channels(dataset) -> int:
     """The channels the data has: 1 for Fashion-MNIST and folders of grey images, 3 for colour images and video."""
     while isinstance(dataset, torch.utils.data.Subset):
         dataset = dataset.dataset
-    if isinstance(dataset, fashion_mnist.FashionMNIST):
+    if getattr(dataset, "channels", None) == 1:  # a built-in of grey images
         return 1
     if isinstance(dataset, ImageFiles):
         return dataset.channels()
@@ -92,23 +95,6 @@ def data_channels(dataset) -> int:
         return 1 if all(not isinstance(im, Unreadable) and im.mode == "L"
                         for im, _ in (dataset[i] for i in range(min(8, len(dataset))))) else 3
     return 3
-
-
-def model_channels(requested: int | None, data: int, source: str) -> int:
-    """The input channels of a model for data with ``data`` channels: the data's own unless ``requested`` (from
-    ``model_args.in_chans`` or a checkpoint) says otherwise. Grey data into an RGB model is repeated over the
-    channels (as ImageNet models take grey images); colour data into a grey model is an error, not a silent
-    conversion to grey."""
-    if requested is None:
-        return data
-    if requested == 1 and data == 3:
-        raise DataError(f"the model takes 1 input channel (in_chans=1) but {source} holds colour images; remove "
-                        "model_args.in_chans (the model then follows the data) or set it to 3")
-    if requested not in (1, 3):
-        raise DataError(f"in_chans={requested}: images give 1 (grey) or 3 (RGB) channels")
-    if requested == 3 and data == 1:
-        log.info("%s is grey; its images are repeated over the model's 3 input channels", source)
-    return requested
 
 
 def labelled_splits(data, val_source: str | None = None, val_fraction: float = 0.1, *, video: bool = False):
@@ -121,8 +107,8 @@ def labelled_splits(data, val_source: str | None = None, val_fraction: float = 0
         if val_classes != classes:
             raise DataError(f"val_source {val_source} has classes {val_classes[:4]}..., the training data "
                             f"{classes[:4]}...; use the same class folders")
-    elif data.source == "fashion-mnist":
-        val, _, _, _ = build_dataset("fashion-mnist", "test", data.limit)
+    elif (entry := catalog.builtin(data.source)) is not None:  # its held-out split
+        val, _, _, _ = build_dataset(data.source, entry.held_out, data.limit)
     else:
         order = torch.randperm(len(train), generator=seeds.generator(0, "split")).tolist()
         n_val = max(1, int(len(train) * val_fraction))

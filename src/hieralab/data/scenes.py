@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
-from tqdm.auto import tqdm
+from ..progress import bar as tqdm
 
 from .. import files, seeds
 from .fashion_mnist import CLASSES, FashionMNIST

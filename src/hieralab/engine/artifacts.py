@@ -17,10 +17,11 @@ from typing import Any
 import yaml
 from torch import nn
 
+from ..data import catalog
 from ..data.images import is_image_file
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models import registry
-from ..models.checkpoint import from_pretrained, load_checkpoint, read_config, save_pretrained
+from ..models.checkpoint import from_pretrained, save_pretrained
 from ..models.factory import create_model
 from . import checkpoints
 
@@ -36,9 +37,9 @@ def data_tag(sources: list[str]) -> str:
 
 
 def eval_folder_name(source: str, split: str, views: tuple[int, int] | None = None) -> str:
-    """``eval-fashion-mnist-test``, or for a folder ``eval-<name>-<hash>`` (:func:`data_tag`); video views add
+    """``eval-<built-in>-<split>`` (``eval-<dataset>-test``), or for a folder ``eval-<name>-<hash>`` (:func:`data_tag`); video views add
     ``-views5x3``."""
-    name = f"eval-fashion-mnist-{split}" if source == "fashion-mnist" else f"eval-{data_tag([source])}"
+    name = f"eval-{source}-{split}" if catalog.builtin(source) else f"eval-{data_tag([source])}"
     return name + (f"-views{views[0]}x{views[1]}" if views and views != (1, 1) else "")
 
 
@@ -70,35 +71,6 @@ def resolve_weights(init: str | Path) -> Path:
         if (path / inner / "config.json").exists() and not (path / "config.json").exists():
             return path / inner
     return path
-
-
-def saved_arguments(path: Path, model: str) -> dict[str, Any]:
-    """The constructor arguments saved with ``path`` (a ``save_pretrained`` folder) when it holds ``model``, so
-    that e.g. a small-width encoder is rebuilt at its width; without those a new run sets (head, drop path)."""
-    if not (path / "config.json").exists():
-        return {}
-    meta = read_config(path)
-    if meta.get("model_name") != model:
-        return {}
-    return {k: v for k, v in meta["config"].items() if k not in ("num_classes", "drop_path_rate")}
-
-
-def is_video_model(name: str, model_args: dict[str, Any]) -> bool:
-    """Whether ``name`` (with ``model_args``) takes clips ``[B, C, T, H, W]``."""
-    return len({**registry.model_config(name), **model_args}.get("input_size", ())) == 3
-
-
-def load_encoder(model: str, init: str | None = None, **model_args: Any) -> nn.Module:
-    """A feature extractor (no head, eval mode, no gradients) with the weights of ``init``."""
-    if model.startswith("mae_"):
-        raise ValueError(f"{model} is an MAE model; name its encoder ({model.removeprefix('mae_')}) and pass the "
-                         "pretrain run as init")
-    path = resolve_weights(init) if init else None
-    encoder = create_model(model, **{**(saved_arguments(path, model) if path else {}), **model_args,
-                                     "num_classes": 0})
-    if path:
-        load_checkpoint(encoder, path)
-    return encoder.eval().requires_grad_(False)
 
 
 def save_classifier(model: nn.Module, name: str, meta: dict[str, Any], folder: Path) -> None:
@@ -179,16 +151,3 @@ def check_model(name: str, args: dict[str, Any], *, mae: bool) -> None:
     problems = registry.check_args(name, args)
     if problems:
         raise ConfigError(problems)
-
-
-def requested_channels(name: str, model_args: dict[str, Any], init: Path | None) -> int | None:
-    """The input channels a model must have regardless of the data: ``model_args.in_chans``, else those its
-    ``init`` was saved with (a ``save_pretrained`` folder) or its registered ones (a weights file); None when the
-    data may decide."""
-    if "in_chans" in model_args:
-        return model_args["in_chans"]
-    if init is None:
-        return None
-    if (init / "config.json").exists():
-        return read_config(init)["config"].get("in_chans")
-    return registry.model_config(name).get("in_chans", 3)

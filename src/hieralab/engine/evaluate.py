@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from ..progress import bar as tqdm
 
 from ..data.images import Unreadable
 from ..data.pipeline import collate
@@ -69,21 +69,6 @@ def multiview_scores(fn: Callable[[torch.Tensor], torch.Tensor], views: torch.Te
     B, V = views.shape[:2]
     probs = fn(views.flatten(0, 1)).float().softmax(-1).view(B, V, -1).mean(1)  # [B, K]
     return probs.clamp_min(1e-12).log()
-
-
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (%) and the mean cross-entropy."""
-    k = min(5, logits.shape[1])
-    top = logits.topk(k, dim=1).indices  # [N, k]
-    hit = top == labels[:, None]
-    return {"top1": 100 * hit[:, 0].float().mean().item(), "top5": 100 * hit.any(1).float().mean().item(),
-            "loss": F.cross_entropy(logits, labels).item(), "count": len(labels)}
-
-
-def confusion_matrix(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``[K, K]`` counts: row = true class, column = predicted class."""
-    index = labels * num_classes + logits.argmax(1)
-    return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
 
 def pooled_features(encoder: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

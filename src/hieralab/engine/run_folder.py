@@ -58,6 +58,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def recorded_task(path: str | os.PathLike) -> str | None:
+    """The task the ``run.json`` in ``path`` names: a run's identity (None when there is no readable one)."""
+    try:
+        marker = json.loads((Path(path) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker.get("task") if isinstance(marker, dict) else None
+
+
 @dataclass
 class Start:
     """What the main process decided about the folder: resume or not, and what changed."""

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from ..progress import bar as tqdm
 
 from .. import files, seeds
 from ..config import RunConfig, check
@@ -35,6 +35,7 @@ from ..data.pipeline import collate, epoch_batches, first_readable
 from ..errors import ConfigError, DivergedError, DiskFullError, HieralabError
 from ..viz.figures import plot_curve
 from . import checkpoints, distributed, fsdp
+from .optim import build_adamw
 from .run_folder import RunFolder, Start
 from .run_log import RunLog
 from .schedule import Schedule
@@ -95,6 +96,20 @@ class Job:
     restore: Callable[[dict[str, Any]], None] | None = None
     guard: bool = True
     collate: Callable[[list[Any]], dict[str, Any]] = collate  # dense tasks batch lists of images of any size
+
+
+def optim_job(optim: Any, model: nn.Module, samples: torch.utils.data.Dataset, forward: Callable, *,
+              recipe_lr: float, layer_decay: float | None = None, num_workers: int = 0, **more: Any) -> Job:
+    """The :class:`Job` of a task trained by AdamW from its config's ``optim`` section (an ``OptimConfig``): the
+    optimizer (with ``layer_decay`` when given), the batch, lr and schedule keys, and the lower lr a divergence
+    message suggests (a tenth, at most ``recipe_lr``, the task's default). ``more``: the other :class:`Job`
+    fields."""
+    o = optim
+    return Job(model=model, optimizer=build_adamw(model, lr=o.base_lr, weight_decay=o.weight_decay, betas=o.betas,
+                                                  layer_decay=layer_decay),
+               samples=samples, forward=forward, batch_size=o.batch_size, base_lr=o.base_lr,
+               lower_lr=lower_lr_hint("optim.base_lr", o.base_lr, recipe_lr), accum_steps=o.accum_steps,
+               warmup_epochs=o.warmup_epochs, min_lr=o.min_lr, clip_grad=o.clip_grad, num_workers=num_workers, **more)
 
 
 @dataclass(frozen=True)

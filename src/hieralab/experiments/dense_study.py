@@ -22,7 +22,8 @@ import matplotlib.pyplot as plt
 
 from .. import files
 from ..config import DetectConfig, PretrainConfig, load_config
-from ..engine.artifacts import resolve_weights, saved_arguments
+from ..engine.artifacts import resolve_weights
+from ..engine.encoder import saved_arguments
 from ..tasks import detect, pretrain
 from ..viz.figures import save_figure
 

@@ -23,7 +23,8 @@ import torch
 
 from .. import files
 from ..config import FinetuneConfig, LinprobeConfig, PretrainConfig, load_config
-from ..engine.artifacts import run_config, saved_arguments
+from ..engine.artifacts import run_config
+from ..engine.encoder import saved_arguments
 from ..tasks import finetune, linprobe, pretrain
 from ..viz.figures import save_figure
 

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # Constructor arguments a checkpoint may have been saved with other values of: they change no weight (or one the
 # loader adapts: the head, the position table) and no output of a given input in eval mode.
 ADAPTABLE_ARGS = frozenset({"num_classes", "drop_path_rate", "head_dropout", "t2t_dropout", "head_init_scale",
-                            "mask_ratio", "input_size", "img_size"})
+                            "mask_ratio", "input_size", "img_size", "in_chans"})  # in_chans: adapt_input_conv
 
 
 # ---------------------------------------------------------------- fitting a state dict to a model
@@ -74,6 +74,10 @@ def adapt_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> dict[s
         log.info("checkpoint: %s has %d classes, the model %s; keeping the model's new head", k, sd[k].shape[0],
                  own[k].shape[0] if k in own else 0)
         del sd[k]
+    for k in [k for k in sd if k in own and _other_input_channels(sd[k], own[k])]:
+        log.info("checkpoint: %s takes %d input channel(s), the model %d; adapting it (colours summed / grey spread)", k,
+                 sd[k].shape[1], own[k].shape[1])
+        sd[k] = _adapt_input_channels(sd[k], own[k].shape[1])
     wrong = [k for k in sd if k in own and sd[k].shape != own[k].shape]
     unknown = [k for k in sd if k not in own]
     if wrong or unknown:
@@ -85,6 +89,22 @@ def adapt_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> dict[s
         raise CheckpointError(f"checkpoint does not fit this model ({len(wrong)} shapes differ, {len(unknown)} "
                               f"unknown keys; {detail}); {hint}")
     return sd
+
+
+def _adapt_input_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """A kernel for ``channels`` input channels from one for the other count: RGB to grey sums over the colours
+    (timm's ``adapt_input_conv``); grey to RGB spreads the grey kernel over the three (a grey image repeated over
+    the channels then gives the grey model's output)."""
+    if channels == 1:
+        return weight.sum(1, keepdim=True)  # as timm's adapt_input_conv, for 2-D and 3-D (video) kernels alike
+    return weight.repeat(1, channels, *([1] * (weight.dim() - 2))) / channels
+
+
+def _other_input_channels(theirs: torch.Tensor, mine: torch.Tensor) -> bool:
+    """Whether a checkpoint's convolution kernel is the model's for another number of image channels (1 <-> 3):
+    a patch embedding of a grey encoder loaded into an RGB one, or the reverse."""
+    return (theirs.dim() in (4, 5) and theirs.shape != mine.shape and theirs.shape[0] == mine.shape[0]
+            and theirs.shape[2:] == mine.shape[2:] and {theirs.shape[1], mine.shape[1]} == {1, 3})
 
 
 def effective_config(model: nn.Module) -> dict[str, Any]:
@@ -113,7 +133,7 @@ def _check_saved_config(model: nn.Module, folder: Path) -> None:
     aside); an MAE's folder loads into its encoder's class, compared on the encoder's architecture."""
     meta = read_config(folder)
     name, saved = meta.get("model_name"), meta.get("config", {})
-    if name in registry.list_models():
+    if name in registry.list_models(dense=True):
         cls = registry.model_class(name)
         encoder_cls = getattr(cls, "encoder_class", None)
         if encoder_cls is not None and isinstance(model, encoder_cls) and not getattr(model, "is_mae", False):
@@ -159,7 +179,8 @@ def load_checkpoint(model: nn.Module, path_or_state: str | os.PathLike | Mapping
                                   f"{(missing or unknown)[0]}); check the model name")
         model.load_state_dict(sd)
         return []
-    kind, sd = to_hieralab_keys(sd)
+    own_filter = getattr(model, "convert_checkpoint", None)  # a family's key conversion beside its model (HieraDet)
+    kind, sd = own_filter(sd) if own_filter is not None else to_hieralab_keys(sd)
     sd = adapt_state_dict(model, sd)
     result = model.load_state_dict(sd, strict=False)
     if result.missing_keys:
@@ -250,7 +271,7 @@ def _from_hub(spec: str, *, expect: type | None = None, **overrides: Any) -> nn.
             "embed_dim": (c := registry.model_config(n)).get("embed_dim"), "num_heads": c.get("num_heads"),
             "stages": tuple(c.get("stages", ())), "input_size": tuple(c.get("input_size", (224, 224)))} == shape),
             f"a Hiera with {shape}")
-    if name not in registry.list_models():
+    if name not in registry.list_models(dense=True):
         raise CheckpointError(f"{spec} holds {repo.kind}'s {name}, which is not a registered hieralab model "
                               "(hieralab.list_models())")
     model = registry.build(name, **{**args, **overrides})

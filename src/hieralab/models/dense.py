@@ -27,16 +27,15 @@ from ..layers.necks import NECKS
 from .base import PretrainedMixin
 from .checkpoint import load_checkpoint
 from .features import FeatureMaps
+from .contract import check_backbone
 from .registry import build, register
 
 HEADS = ("maskrcnn", "retinanet", "fcos")
 
 
 def size_multiple(encoder: nn.Module) -> int:
-    """The side every input must be a multiple of: a mask unit in pixels (Hiera), a patch (ViT), 16 (T2T-ViT)."""
-    if hasattr(encoder, "mask_unit_size"):
-        return max(p * m for p, m in zip(encoder.patch_stride, encoder.mask_unit_size))
-    return getattr(encoder, "patch_size", 16)
+    """The side every input must be a multiple of (the backbone contract's ``size_multiple``)."""
+    return check_backbone(encoder).size_multiple
 
 
 class DenseBackbone(nn.Module):
@@ -48,7 +47,7 @@ class DenseBackbone(nn.Module):
 
     def __init__(self, encoder: nn.Module, *, neck: str = "auto", channels: int = 256):
         super().__init__()
-        hierarchical = hasattr(encoder, "stage_ends")
+        hierarchical = check_backbone(encoder).hierarchical
         self.body = FeatureMaps(encoder, None if hierarchical else 1)
         neck = ("fpn" if hierarchical else "simple") if neck == "auto" else neck
         self.single_scale = neck == "simple"

@@ -15,7 +15,7 @@ from .base import take_indices
 
 def default_out_indices(model: nn.Module) -> int:
     """timm's defaults: every stage of a hierarchical model, the last three blocks of a plain ViT."""
-    return len(model.feature_info) if hasattr(model, "stage_ends") else 3
+    return len(model.feature_info) if model.hierarchical else 3
 
 
 class FeatureMaps(nn.Module):

@@ -98,6 +98,8 @@ class Hiera(PretrainedMixin, nn.Module):
     works (multiples of 32 pixels for the official image configs). The defaults are Hiera-B at 224 px.
     """
 
+    hierarchical = True  # stages at strides 4, 8, 16, 32 (the backbone contract)
+
     def __init__(
         self,
         *,
@@ -202,6 +204,11 @@ class Hiera(PretrainedMixin, nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return {n for n, _ in self.named_parameters() if n.startswith("pos_embed")}
+
+    @property
+    def size_multiple(self) -> int:
+        """The side every input must be a multiple of: a mask unit in pixels."""
+        return max(p * m for p, m in zip(self.patch_stride, self.mask_unit_size))
 
     @property
     def feature_info(self) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections.abc
 import fnmatch
+import importlib
 import inspect
 import types
 import typing
@@ -18,6 +19,18 @@ from torch import nn
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _CONFIGS: dict[str, dict[str, Any]] = {}
+# The packages whose import registers a family of models; imported on the first look-up, so that every name is
+# known however the registry was reached (``import hieralab`` itself imports nothing until used).
+FAMILIES = ("hieralab.models", "hieralab.mae")
+_loaded = False
+
+
+def _load_families() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for package in FAMILIES:
+            importlib.import_module(package)
 
 
 def register(name: str, builder: Callable[..., nn.Module], **config: Any) -> None:
@@ -28,9 +41,12 @@ def register(name: str, builder: Callable[..., nn.Module], **config: Any) -> Non
     _CONFIGS[name] = config
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered names matching a glob ``pattern``, sorted."""
-    return sorted(n for n in _BUILDERS if fnmatch.fnmatch(n, pattern))
+def list_models(pattern: str = "*", *, dense: bool = False) -> list[str]:
+    """Registered model names matching a glob ``pattern``, sorted: the encoders and MAEs (with ``dense``, also the
+    detector and segmenter wrappers, which take any encoder)."""
+    _load_families()
+    return sorted(n for n in _BUILDERS if fnmatch.fnmatch(n, pattern)
+                  and (dense or not getattr(_BUILDERS[n], "is_dense", False)))
 
 
 def model_config(name: str) -> dict[str, Any]:
@@ -54,6 +70,7 @@ def build(name: str, **overrides: Any) -> nn.Module:
 
 
 def check_name(name: str) -> None:
+    _load_families()
     if name not in _BUILDERS:
         close = [n for n in _BUILDERS if name.split("_")[0] in n][:8]
         hint = f"; similar: {', '.join(close)}" if close else ""

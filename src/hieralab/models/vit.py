@@ -109,6 +109,14 @@ class ViTBackbone(PretrainedMixin, nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}
 
+    ndim = 2  # images [B, C, H, W]
+    hierarchical = False  # one map at the patch stride (the backbone contract)
+
+    @property
+    def size_multiple(self) -> int:
+        """The side every input must be a multiple of: the token stride (a patch; 16 for T2T-ViT)."""
+        return self.patch_size
+
     @property
     def feature_info(self) -> list[dict[str, Any]]:
         """timm's description of the block outputs: one single-scale map per block, at the token stride."""

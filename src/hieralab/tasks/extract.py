@@ -17,10 +17,10 @@ import torch
 from safetensors.torch import save_file
 
 from .. import files
+from ..data import catalog
+from ..data.geometry import Geometry
 from ..data.pipeline import build_dataset
-from ..data.transforms import eval_transform
-from ..data.video import video_eval_transform
-from ..engine.artifacts import load_encoder
+from ..engine.encoder import frozen_encoder
 from ..engine.evaluate import dataset_features, knn_top1, predict_logits, stage_features
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ def write_features(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         raise ValueError(f"--out {path}: use a .safetensors or .npy file name")
 
 
-def run(*, model: str, init: str | None, source: str, split: str, out: str, img_size: int, stages: bool = False,
+def run(*, model: str, init: str | None, source: str = catalog.DEFAULT, split: str | None = None, out: str,
+        img_size: int = 32, stages: bool = False,
         knn: bool = False, knn_train: str | None = None, k: int = 20, limit: int | None = None, batch_size: int = 256,
         device: str = "cpu", model_args: dict[str, Any] | None = None, num_frames: int | None = None,
         frame_stride: int = 4, views: tuple[int, int] = (1, 1), overwrite: bool = False) -> dict[str, Any]:
@@ -55,14 +56,15 @@ def run(*, model: str, init: str | None, source: str, split: str, out: str, img_
     if out_path.suffix not in (".safetensors", ".npy"):
         raise ValueError(f"--out {out}: use a .safetensors or .npy file name")
     files.refuse_existing(out_path, overwrite)  # an existing --out only with overwrite
-    encoder = load_encoder(model, init, **(model_args or {})).to(device)
-    video = encoder.ndim == 3
-    dataset, mean, std, classes = build_dataset(source, split, limit, video=video)
-    if video:  # the middle clip, centre crop; features of more views are averaged
-        tf = video_eval_transform(num_frames or encoder.config["input_size"][0], frame_stride, img_size, mean, std,
-                                  temporal_views=views[0], spatial_views=views[1])
-    else:
-        tf = eval_transform(img_size, mean, std, channels=encoder.in_chans)
+    for flag, value in (("--img-size", img_size), ("--limit", limit), ("--k", k), ("--frames", num_frames),
+                        ("--frame-stride", frame_stride)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} {value}: must be at least 1")
+    encoder = frozen_encoder(model, init, **(model_args or {})).to(device)
+    geometry = Geometry.of(encoder, img_size, num_frames=num_frames, frame_stride=frame_stride)
+    split = split or catalog.held_out_split(source, "test")
+    dataset, mean, std, classes = build_dataset(source, split, limit, video=geometry.video)
+    tf = geometry.eval_transform(mean, std, views=views)  # video: the middle clip, centre crop; views averaged
     if stages:
         fn = stage_features(encoder)
         maps, labels = [], None
@@ -82,11 +84,11 @@ def run(*, model: str, init: str | None, source: str, split: str, out: str, img_
     summary: dict[str, Any] = {"out": str(out_path), "count": len(labels), "classes": classes,
                                "shapes": {k_: list(v.shape) for k_, v in tensors.items()}}
     if knn:
-        if knn_train is None and source != "fashion-mnist":
+        if knn_train is None and catalog.builtin(source) is None:
             raise ValueError("--knn on a folder needs --knn-train FOLDER: the labelled images the neighbours come from")
         if knn_train is None and split == "train":
             raise ValueError("--knn compares the extracted split with the train split; extract --split test")
-        train_set, _, _, train_classes = build_dataset(knn_train or source, "train", limit, video=video)
+        train_set, _, _, train_classes = build_dataset(knn_train or source, "train", limit, video=geometry.video)
         if train_classes != classes:
             raise ValueError("--knn needs the same classes in the reference images as in the extracted ones")
         train_x, train_y = dataset_features(encoder, train_set, tf, device=device, desc="features (train)")

@@ -12,31 +12,38 @@ folders with ``classifier.json``), beside the Trainer's ``log.csv``, ``tb/``, ``
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import UnidentifiedImageError
 from timm.data import Mixup
 from timm.data.mixup import mixup_target
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from .. import seeds
+from .. import files, seeds
 from ..config import FinetuneConfig
-from ..data.pipeline import SeededSamples, check_repeat_aug, data_channels, labelled_splits, model_channels
-from ..data.transforms import eval_transform, finetune_transform, preprocessing
-from ..data.video import video_eval_transform, video_train_transform
-from ..engine import distributed
-from ..engine.artifacts import (check_model, is_video_model, requested_channels, resolve_weights, save_classifier,
-                                saved_arguments)
-from ..engine.evaluate import classification_metrics, predict_logits
-from ..engine.optim import build_adamw
+from ..data import catalog
+from ..data.geometry import Geometry, takes_clips
+from ..data.images import Unreadable, load_image
+from ..data.pipeline import SeededSamples, build_dataset, check_repeat_aug, data_channels, labelled_splits
+from ..data.transforms import finetune_transform, preprocessing
+from ..data.video import video_train_transform
+from ..engine import distributed, encoder
+from ..engine.artifacts import (check_model, classifier_dir, data_tag, eval_folder_name, image_files, load_classifier,
+                                save_classifier)
+from ..engine.evaluate import predict_logits
 from ..engine.schedule import Schedule
-from ..engine.trainer import Curve, Job, Trainer, lower_lr_hint
-from ..models.checkpoint import load_checkpoint
-from ..models.factory import create_model
+from ..engine.task import Action, Flag, Task
+from ..engine.trainer import Curve, Trainer, optim_job
+from ..errors import DataError
+from ..metrics.classification import classification_metrics, confusion_matrix
+from ..viz.figures import plot_confusion
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +62,18 @@ def freeze_all_but_last_blocks(model: nn.Module, k: int) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
-def build_model(cfg: FinetuneConfig, num_classes: int, in_chans: int | None = None) -> nn.Module:
-    """The classifier: ``cfg.model`` (at the architecture ``init`` was saved with) with a head for
-    ``num_classes``, its weights from ``init`` and a near-zero new head, as MAE fine-tuning starts."""
-    init = resolve_weights(cfg.init) if cfg.init else None
-    args = {**(saved_arguments(init, cfg.model) if init else {}), "num_classes": num_classes,
-            "drop_path_rate": cfg.drop_path, **cfg.model_args, **({"in_chans": in_chans} if in_chans else {})}
-    model = create_model(cfg.model, **args)
-    if init:
-        missing = load_checkpoint(model, init)
-        log.info("init from %s (%d tensors not in it: %s)", cfg.init, len(missing), ", ".join(missing[:4]))
-        head = model.get_classifier()
-        if any(k.startswith(f"{model.classifier_name()}.") for k in missing) and isinstance(head, nn.Linear):
-            nn.init.trunc_normal_(head.weight, std=2e-5)  # MAE fine-tuning: a near-zero new head
-            nn.init.zeros_(head.bias)
+def build_model(cfg: FinetuneConfig, num_classes: int, data_channels: int, source: str) -> nn.Module:
+    """The classifier: ``cfg.model`` as the one encoder start-up decides it (:func:`hieralab.engine.encoder.plan`)
+    with a head for ``num_classes``, its weights from ``init`` and a near-zero new head, as MAE fine-tuning starts."""
+    start = encoder.plan(cfg.model, cfg.model_args, cfg.init, data_channels=data_channels, source=source,
+                         drop_path=cfg.drop_path, num_classes=num_classes)
+    model = start.create()
+    missing = start.load(model)
+    head = model.get_classifier()
+    if start.init is not None and any(k.startswith(f"{model.classifier_name()}.") for k in missing) \
+            and isinstance(head, nn.Linear):
+        nn.init.trunc_normal_(head.weight, std=2e-5)  # MAE fine-tuning: a near-zero new head
+        nn.init.zeros_(head.bias)
     if cfg.trainable_blocks is not None:
         freeze_all_but_last_blocks(model, cfg.trainable_blocks)
     return model
@@ -103,32 +108,24 @@ def run(cfg: FinetuneConfig, *, resume: bool = False, **options: Any) -> dict[st
     check_model(cfg.model, cfg.model_args, mae=False)
     with Trainer(cfg, task="finetune", resume=resume, **options) as trainer:
         device, dist, d, a, o = trainer.device, trainer.dist, cfg.data, cfg.aug, cfg.optim
-        video = is_video_model(cfg.model, cfg.model_args)
+        video = takes_clips(cfg.model, cfg.model_args)
         train_set, val_set, classes, mean, std = labelled_splits(d, cfg.val_source, cfg.val_fraction, video=video)
-        init = resolve_weights(cfg.init) if cfg.init else None
-        channels = 3 if video else model_channels(requested_channels(cfg.model, cfg.model_args, init),
-                                                  data_channels(train_set), d.source)
         torch.manual_seed(seeds.seed_int(cfg.seed, "init"))  # the initial weights (and a fresh head)
-        model = build_model(cfg, len(classes), channels).to(device)
-        meta: dict[str, Any] = {"classes": classes, "mean": list(mean), "std": list(std), "img_size": d.img_size,
-                                "channels": model.in_chans,
+        model = build_model(cfg, len(classes), data_channels(train_set), d.source).to(device)
+        mean, std = encoder.normalisation(cfg.init, d, mean, std)
+        geometry = Geometry.of(model, d.img_size, num_frames=d.num_frames, frame_stride=d.frame_stride)
+        meta: dict[str, Any] = {"classes": classes, "mean": list(mean), "std": list(std), **geometry.record(),
                                 "preprocess": preprocessing(d.img_size, mean, std, channels=model.in_chans)}
         repeats = check_repeat_aug(d, video)
         if video:  # one crop, flip and RandAugment for all frames of a clip, erasing in the same box (MAE-ST)
-            frames = d.num_frames or model.config["input_size"][0]
-            train_tf = video_train_transform(frames, d.frame_stride, d.img_size, mean, std, scale=a.crop_scale,
-                                             hflip=a.hflip > 0, repeats=repeats, randaug=a.randaug, reprob=a.reprob,
-                                             decoder=d.video_decoder)
-            val_tf = video_eval_transform(frames, d.frame_stride, d.img_size, mean, std,  # 1 view while training
-                                          decoder=d.video_decoder)
-            meta.update(num_frames=frames, frame_stride=d.frame_stride)
+            train_tf = video_train_transform(geometry.num_frames, d.frame_stride, d.img_size, mean, std,
+                                             scale=a.crop_scale, hflip=a.hflip > 0, repeats=repeats,
+                                             randaug=a.randaug, reprob=a.reprob, decoder=d.video_decoder)
         else:
             train_tf = finetune_transform(d.img_size, mean, std, channels=model.in_chans, randaug=a.randaug,
                                           reprob=a.reprob, scale=a.crop_scale, hflip=a.hflip)
-            val_tf = eval_transform(d.img_size, mean, std, channels=model.in_chans)
+        val_tf = geometry.eval_transform(mean, std, decoder=d.video_decoder)  # one view while training
         samples = SeededSamples(train_set, train_tf, seed=cfg.seed, repeats=repeats, shuffle_buffer=d.shuffle_buffer)
-        optimizer = build_adamw(model, lr=o.base_lr, weight_decay=o.weight_decay, betas=o.betas,
-                                layer_decay=cfg.layer_decay)
         ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None
         mixing = a.mixup > 0 or a.cutmix > 0
         mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, label_smoothing=a.smoothing,
@@ -192,12 +189,187 @@ def run(cfg: FinetuneConfig, *, resume: bool = False, **options: Any) -> dict[st
                     "last_top1": last["top1"], "last_top5": last["top5"], "trainable_params": trainable,
                     "last": str(run_dir / "last"), "best": str(run_dir / "best")}
 
-        job = Job(model=model, optimizer=optimizer, samples=samples, forward=forward, batch_size=o.batch_size,
-                  base_lr=o.base_lr, lower_lr=lower_lr_hint("optim.base_lr", o.base_lr, FinetuneConfig().optim.base_lr),
-                  accum_steps=o.accum_steps, warmup_epochs=o.warmup_epochs, min_lr=o.min_lr, clip_grad=o.clip_grad,
-                  clips_per_sample=repeats, num_workers=d.num_workers,
-                  checkpoint=nn.ModuleDict({"model": model, "ema": ema}) if ema else model,
-                  after_step=after_step, state=lambda: {"best": dict(best)},
-                  restore=lambda state: best.update(state.get("best", {})))
+        job = optim_job(o, model, samples, forward, recipe_lr=FinetuneConfig().optim.base_lr,
+                        layer_decay=cfg.layer_decay, num_workers=d.num_workers, clips_per_sample=repeats,
+                        checkpoint=nn.ModuleDict({"model": model, "ema": ema}) if ema else model,
+                        after_step=after_step, state=lambda: {"best": dict(best)},
+                        restore=lambda state: best.update(state.get("best", {})))
         return trainer.fit(job, outputs=outputs, curve=Curve("curves.png", f"fine-tuning {cfg.model}",
                                                              extra=("val_top1", "val_top5", "ema_val_top1")))
+
+
+def report(cfg: FinetuneConfig, s: dict[str, Any]) -> list[str]:
+    """The lines a finished fine-tuning run prints."""
+    return [f"fine-tuned {cfg.model} for {s['steps']} steps in {s['seconds']:.0f} s: best top-1 {s['best_top1']:.2f} % "
+            f"(step {s['best_step']}, {s['best_weights']}), last {s['last_top1']:.2f} %",
+            *(f"  {key:8s} {s[key]}" for key in ("best", "last", "curve") if key in s)]
+
+
+# ---------------------------------------------------------------- a finished run: evaluate, predict
+def evaluate(checkpoint: str | Path, *, data: str = catalog.DEFAULT, split: str | None = None, out: str | None = None,
+             img_size: int | None = None, limit: int | None = None, device: str = "cpu", temporal_views: int = 1,
+             spatial_views: int = 1, overwrite: bool = False) -> dict[str, Any]:
+    """Top-1 / top-5 of a classifier (a fine-tuning run, its ``best/`` or ``last/``) on a labelled set; writes
+    ``metrics.json`` and ``confusion.png`` to ``out`` (default: beside the checkpoint, in :func:`eval_folder_name`).
+    A video classifier averages ``temporal_views x spatial_views`` views per clip (5 x 3 is the Kinetics protocol of
+    the Hiera paper)."""
+    for flag, value in (("--limit", limit), ("--img-size", img_size), ("--temporal-views", temporal_views),
+                        ("--spatial-views", spatial_views)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} {value}: must be at least 1")
+    model, meta = load_classifier(checkpoint)
+    classes = meta["classes"]
+    geometry = Geometry.from_record(meta, img_size)
+    split = split or catalog.held_out_split(data, "test")
+    dataset, _, _, data_classes = build_dataset(data, split, limit, video=geometry.video)
+    if data_classes != classes:
+        raise DataError(f"the data's classes ({', '.join(data_classes[:4])}, ...) are not the classifier's "
+                        f"({', '.join(classes[:4])}, ...); evaluate on data with the same class folders")
+    views = (temporal_views, spatial_views) if geometry.video else None
+    out_dir = Path(out) if out else classifier_dir(checkpoint) / eval_folder_name(data, split, views)
+    with files.output_folder(out_dir, overwrite=overwrite, command="eval") as work:
+        tf = geometry.eval_transform(meta["mean"], meta["std"], views=views or (1, 1))
+        logits, labels = predict_logits(model.to(device), dataset, tf, device=device, desc="eval")
+        metrics = classification_metrics(logits, labels)
+        cm = confusion_matrix(logits, labels, len(classes))
+        metrics.update(source=data, split=split, checkpoint=str(checkpoint), views=list(views) if views else None,
+                       given=len(dataset), per_class_recall={c: round(100 * (cm[i, i] / max(1, cm[i].sum())).item(), 2)
+                                                            for i, c in enumerate(classes)})
+        plot_confusion(cm, classes, work / "confusion.png",
+                       f"top-1 {metrics['top1']:.2f} % on {Path(data).name} {split} ({metrics['count']} of "
+                       f"{len(dataset)} scored)")
+        files.write_json(work / "metrics.json", metrics)
+    metrics["out"] = str(out_dir)
+    return metrics
+
+
+def eval_report(m: dict[str, Any]) -> list[str]:
+    skipped = m["given"] - m["count"]
+    return [f"top-1 {m['top1']:.2f} %  top-5 {m['top5']:.2f} %  ({m['count']} images"
+            + (f"; {skipped} unreadable, skipped" if skipped else "") + ")",
+            f"  wrote {m['out']}/metrics.json and confusion.png"]
+
+
+class _Files(torch.utils.data.Dataset):
+    """Image files as ``(PIL image | Unreadable, index)``."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return load_image(self.paths[i]), i
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            return Unreadable.of(self.paths[i], e), i
+
+
+def predict_files(checkpoint: str | Path, inputs: list[str], *, topk: int = 5, batch_size: int = 64,
+                  device: str = "cpu") -> list[dict[str, Any]]:
+    """The top-k ``(label, probability)`` of every image in ``inputs`` (files and folders), batched: one row per
+    file, ``{"file", "top": [(label, p), ...]}`` or ``{"file", "error"}`` for an unreadable one."""
+    if topk < 1:
+        raise ValueError(f"--topk {topk}: must be at least 1")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size}: must be at least 1")
+    model, meta = load_classifier(checkpoint)
+    model.to(device)
+    classes, paths = meta["classes"], image_files(inputs)
+    tf = Geometry.from_record(meta).eval_transform(meta["mean"], meta["std"])
+    k = min(topk, len(classes))
+    rows: list[dict[str, Any]] = [{"file": str(p), "error": "unreadable"} for p in paths]
+    images = _Files(paths)
+    try:
+        scores, index = predict_logits(model, images, tf, device=device, batch_size=batch_size,
+                                       desc="predict" if len(paths) > batch_size else None)
+    except ValueError:  # not one readable image
+        scores, index = torch.zeros(0, len(classes)), torch.zeros(0, dtype=torch.long)
+    probs, top = scores.softmax(-1).topk(k, dim=1)
+    for row_p, row_i, i in zip(probs.tolist(), top.tolist(), index.tolist()):
+        rows[i] = {"file": str(paths[i]), "top": [(classes[j], round(v, 4)) for v, j in zip(row_p, row_i)]}
+    for i, row in enumerate(rows):  # the few files that could not be read: why
+        if "error" in row and isinstance(bad := images[i][0], Unreadable):
+            row["error"] = bad.reason
+    return rows
+
+
+def write_predictions(rows: list[dict[str, Any]], path: Path, topk: int, *, overwrite: bool = False) -> Path:
+    """``file, label_1, p_1, ..., label_k, p_k, error`` per file, as CSV (atomically; an existing file only with
+    ``overwrite``)."""
+    header = ["file"] + [f"{kind}_{i}" for i in range(1, topk + 1) for kind in ("label", "p")] + ["error"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for r in rows:
+        cells = [x for label, p in r.get("top", []) for x in (label, p)]
+        w.writerow([r["file"], *cells, *[""] * (2 * topk - len(cells)), r.get("error", "")])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = buf.getvalue()
+    return files.atomic_write(path, lambda p: Path(p).write_text(text), exclusive=not overwrite)
+
+
+def predict_image(checkpoint: str, image: str, *, topk: int = 5) -> list[tuple[str, float]]:
+    """The top-k ``(label, probability)`` for one image file."""
+    [row] = predict_files(checkpoint, [image], topk=topk)
+    if "error" in row:
+        raise DataError(f"{image} is not a readable image file ({row['error']})")
+    return row["top"]
+
+
+def predict(checkpoint: str | Path, images: list[str], *, topk: int = 5, batch_size: int = 64,
+            csv: str | None = None, overwrite: bool = False, device: str = "cpu", out: str | None = None
+            ) -> dict[str, Any]:
+    """``hieralab predict`` on a classifier: the top-k of every file, to ``csv`` (default for several files:
+    ``<classifier>/predict-<name of the inputs>.csv``; one file alone is only printed unless ``csv`` is given)."""
+    if out is not None:
+        raise ValueError("--out is for detect and segment runs; a classifier's predictions go to --csv FILE")
+    if csv:
+        files.refuse_existing(csv, overwrite)
+    rows = predict_files(checkpoint, images, topk=topk, batch_size=batch_size, device=device)
+    if len(rows) == 1 and not csv:
+        if "error" in rows[0]:
+            raise DataError(f"{rows[0]['file']} is not a readable image file ({rows[0]['error']})")
+        return {"rows": rows, "topk": topk}
+    path = Path(csv) if csv else classifier_dir(checkpoint) / f"predict-{data_tag(images)}.csv"
+    width = min(topk, max((len(r.get("top", [])) for r in rows), default=topk)) or topk
+    write_predictions(rows, path, width, overwrite=overwrite or not csv)
+    return {"rows": rows, "topk": topk, "csv": str(path)}
+
+
+def predict_report(r: dict[str, Any]) -> list[str]:
+    rows = r["rows"]
+    if "csv" not in r:  # one image: its top-k, one per line
+        return [f"{p:7.2%}  {label}" for label, p in rows[0]["top"]]
+    lines = [f"{row['file']}: " + (row["error"] if "error" in row else
+                                   ", ".join(f"{label} {p:.1%}" for label, p in row["top"][:3])) for row in rows[:20]]
+    if len(rows) > 20:
+        lines.append(f"... and {len(rows) - 20} more")
+    bad = sum("error" in row for row in rows)
+    lines.append(f"wrote the top-{r['topk']} of {len(rows)} files to {r['csv']}" + (f" ({bad} unreadable)" if bad else ""))
+    return lines
+
+
+TASK = Task(
+    name="finetune", config=FinetuneConfig, run=run, report=report,
+    help="fine-tune an encoder (from an MAE run, an official checkpoint or scratch) on Fashion-MNIST or a labelled "
+         "image folder",
+    example="model=hiera_mini_32 init=runs/mae_hiera_fmnist epochs=5 data.source=~/labelled",
+    flags=(Flag("--trainable-blocks", "partial fine-tuning: train only the last k blocks (and the final norm and "
+                "head)", type=int, override="trainable_blocks"),),
+    evaluate=Action(evaluate, eval_report, flags=(
+        Flag("--data", f"{catalog.describe_sources()} or a labelled image folder / clip list "
+             f"(default: {catalog.DEFAULT})", default=catalog.DEFAULT),
+        Flag("--split", "a built-in dataset's split (default: its held-out one)"),
+        Flag("--img-size", "default: the size it was trained at", type=int),
+        Flag("--limit", "only the first N images", type=int),
+        Flag("--temporal-views", "video: clips per video, evenly spaced (5 for the Kinetics protocol)", type=int,
+             default=1),
+        Flag("--spatial-views", "video: crops per clip along the long side (3)", type=int, default=1))),
+    predict=Action(predict, predict_report, flags=(
+        Flag("--topk", "labels per image (default 5)", type=int, default=5),
+        Flag("--batch-size", "images per batch (default 64)", type=int, default=64),
+        Flag("--csv", "write the top-k of every file here (default for several files: "
+             "<classifier>/predict-<name of the inputs>.csv)"))),
+    model_folders=("best", "last"), legacy_file="classifier.json")

@@ -23,10 +23,12 @@ from torch import nn
 
 from .. import files, seeds
 from ..config import LinprobeConfig, to_dict
-from ..data.pipeline import data_channels, labelled_splits, model_channels
+from ..data.pipeline import data_channels, labelled_splits
 from ..data.transforms import eval_transform
-from ..engine.artifacts import check_model, load_encoder, requested_channels, resolve_weights
+from ..engine import encoder as encoders
+from ..engine.artifacts import check_model
 from ..engine.evaluate import dataset_features
+from ..engine.task import Task
 from ..engine.trainer import Curve, Job, Trainer
 from ..viz.figures import plot_probe
 
@@ -83,12 +85,13 @@ def run(cfg: LinprobeConfig, *, resume: bool = False, **options: Any) -> dict[st
         check_model(cfg.model, cfg.model_args, mae=False)
     with Trainer(cfg, task="linprobe", resume=resume, **options) as trainer:
         train_set, val_set, classes, mean, std = labelled_splits(cfg.data, cfg.val_source, cfg.val_fraction)
-        init = resolve_weights(cfg.init) if cfg.init else None
-        requested = None if cfg.model == PIXELS else requested_channels(cfg.model, cfg.model_args, init)
-        channels = model_channels(requested, data_channels(train_set), cfg.data.source)
         torch.manual_seed(seeds.seed_int(cfg.seed, "init"))  # a random-init encoder is drawn from the seed
-        encoder = nn.Flatten() if cfg.model == PIXELS else load_encoder(
-            cfg.model, cfg.init, **{**cfg.model_args, "in_chans": channels})
+        if cfg.model == PIXELS:
+            encoder, channels = nn.Flatten(), data_channels(train_set)
+        else:
+            start = encoders.plan(cfg.model, cfg.model_args, cfg.init, data_channels=data_channels(train_set),
+                                  source=cfg.data.source)
+            encoder, channels = start.build(num_classes=0).eval().requires_grad_(False), start.in_chans
         encoder = encoder.to(trainer.device)
         tf = eval_transform(cfg.data.img_size, mean, std, channels=channels)
         train_x, train_y = dataset_features(encoder, train_set, tf, device=trainer.device, desc="features (train)")
@@ -130,3 +133,15 @@ def fit_probes(trainer: Trainer, cfg: LinprobeConfig, train: tuple[torch.Tensor,
     job = Job(model=heads, optimizer=optimizer, samples=FeatureSamples(train_x, train_y), forward=forward,
               batch_size=cfg.batch_size, base_lr=1.0, lower_lr=lower, guard=False)
     return trainer.fit(job, outputs=outputs, curve=Curve("curves.png", f"linear probes of {cfg.model}"))
+
+
+def report(cfg: LinprobeConfig, s: dict[str, Any]) -> list[str]:
+    """The lines a finished probe prints."""
+    return [f"linear probe of {cfg.model} ({cfg.init or 'random init'}): best top-1 {s['best_top1']:.2f} % at lr "
+            f"{s['best_lr']:g}", *(f"  lr {float(lr):<8g} {acc:.2f} %" for lr, acc in s["top1_per_lr"].items()),
+            f"  wrote {cfg.out_dir}/linprobe.json, linprobe.png, head.safetensors"]
+
+
+TASK = Task(name="linprobe", config=LinprobeConfig, run=run, report=report,
+            help="linear probes (one per learning rate, one pass) on a frozen encoder",
+            example="model=hiera_mini_32 init=runs/mae_hiera_fmnist 'lrs=[0.1,1.0]' epochs=30")

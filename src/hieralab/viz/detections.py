@@ -15,6 +15,7 @@ from matplotlib.patches import Patch, Rectangle
 from .figures import save_figure
 
 PALETTE = plt.get_cmap("tab20").colors
+TOP_WHEN_NONE = 3  # detections drawn (faint) on a panel where none reaches the threshold
 
 
 def _show(ax, image: torch.Tensor) -> None:
@@ -25,19 +26,24 @@ def _show(ax, image: torch.Tensor) -> None:
     ax.set_yticks([])
 
 
-def _instances(ax, image: torch.Tensor, boxes, labels, masks, scores, classes: Sequence[str]) -> None:
+def _instances(ax, image: torch.Tensor, boxes, labels, masks, scores, classes: Sequence[str], *,
+               faint: bool = False) -> None:
+    """Boxes (and masks) with class names (and scores) over the image; ``faint``: dashed and pale, for detections
+    below the threshold shown because none passed it."""
     _show(ax, image)
     overlay = np.zeros((*image.shape[-2:], 4))
+    alpha = 0.35 if faint else 1.0
     for k in range(len(labels)):
         color = PALETTE[(int(labels[k]) - 1) % len(PALETTE)]
         if masks is not None:
             m = masks[k] > 0.5
-            overlay[m] = (*color, 0.45)
+            overlay[m] = (*color, 0.45 * alpha)
         x0, y0, x1, y1 = (float(v) for v in boxes[k])
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=1.2))
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=1.2, alpha=alpha,
+                               linestyle="--" if faint else "-"))
         text = classes[int(labels[k]) - 1] + (f" {float(scores[k]):.2f}" if scores is not None else "")
-        ax.text(x0, y0, text, fontsize=5.5, color="white", va="bottom",
-                bbox={"facecolor": color, "alpha": 0.8, "pad": 0.5, "linewidth": 0})
+        ax.text(x0, y0, text, fontsize=5.5, color="white", va="bottom", alpha=max(alpha, 0.6),
+                bbox={"facecolor": color, "alpha": 0.8 * alpha, "pad": 0.5, "linewidth": 0})
     ax.imshow(overlay)
 
 
@@ -48,6 +54,7 @@ def draw_detections(items: list[tuple[torch.Tensor, dict[str, Any] | None, dict[
     truth (boxes, masks, classes) and the predictions scoring at least ``threshold`` (with their scores); without
     ground truth (new images, titled with ``names``), the predictions alone."""
     with_truth = any(truth is not None for _, truth, _ in items)
+    title = f"{title} (boxes at score >= {threshold:g})"
     panels, per_row = (2, 2) if with_truth else (1, 4)
     rows = max(1, -(-len(items) // per_row))
     fig, axes = plt.subplots(rows, panels * per_row, figsize=(2.6 * panels * per_row, 2.7 * rows + 0.5), dpi=120,
@@ -64,10 +71,17 @@ def draw_detections(items: list[tuple[torch.Tensor, dict[str, Any] | None, dict[
             _instances(gt_ax, image, truth["boxes"], truth["labels"], truth.get("masks"), None, classes)
             gt_ax.set_title(f"ground truth ({len(truth['labels'])})", fontsize=7)
         keep = det["scores"] >= threshold
+        faint = not bool(keep.any()) and len(det["scores"]) > 0
+        if faint:  # none passes: the best few, drawn faint and said so, rather than an empty panel
+            keep = torch.zeros_like(keep)
+            keep[det["scores"].argsort(descending=True)[:TOP_WHEN_NONE]] = True
         masks = det["masks"][keep, 0] if "masks" in det else None
-        _instances(pr_ax, image, det["boxes"][keep], det["labels"][keep], masks, det["scores"][keep], classes)
+        _instances(pr_ax, image, det["boxes"][keep], det["labels"][keep], masks, det["scores"][keep], classes,
+                   faint=faint)
         label = f"{names[n]}: " if names else ""
-        pr_ax.set_title(f"{label}predicted ({int(keep.sum())} at score >= {threshold:g})", fontsize=7)
+        shown = (f"none at score >= {threshold:g}; the top {int(keep.sum())}, faint" if faint else
+                 f"{int(keep.sum())} at score >= {threshold:g}")
+        pr_ax.set_title(f"{label}predicted ({shown})", fontsize=7)
     handles = [Patch(color=PALETTE[k % len(PALETTE)], label=c) for k, c in enumerate(classes)]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(classes), 6), fontsize=7)
     fig.suptitle(title, fontsize=9)

@@ -21,6 +21,7 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from .. import files
+from ..data.geometry import Geometry
 from ..data.images import Unreadable
 from ..data.pipeline import build_dataset, item_labels, spread_over_classes
 from ..data.transforms import eval_transform
@@ -206,14 +207,12 @@ def reconstruct_dataset(model: nn.Module, source: str, split: str, out_dir: Path
     return save_panels(panels, mean, std, out_dir, names, labels=labels, title=describe(model, visible))
 
 
-def reconstruct_source(model: nn.Module, source: str, split: str, out_dir: Path, img_size: int, *, num: int,
-                       generator: torch.Generator | None = None, mask_ratio: float | None = None,
-                       num_frames: int | None = None, frame_stride: int = 4) -> list[Path]:
-    """Pictures for images (:func:`reconstruct_dataset`) or, for a video MAE, clips (:func:`reconstruct_videos`,
-    ``num_frames`` defaulting to the model's)."""
-    if model.encoder.ndim == 3:
-        frames = num_frames or model.encoder.config["input_size"][0]
-        return reconstruct_videos(model, source, out_dir, img_size, frames, frame_stride, num=num, generator=generator,
-                                  mask_ratio=mask_ratio)
-    return reconstruct_dataset(model, source, split, out_dir, img_size, num=num, generator=generator,
+def reconstruct_source(model: nn.Module, source: str, split: str, out_dir: Path, geometry: Geometry, *, num: int,
+                       generator: torch.Generator | None = None, mask_ratio: float | None = None) -> list[Path]:
+    """Pictures for images (:func:`reconstruct_dataset`) or, for a video MAE, clips (:func:`reconstruct_videos`), at
+    the run's ``geometry``."""
+    if geometry.video:
+        return reconstruct_videos(model, source, out_dir, geometry.img_size, geometry.num_frames,
+                                  geometry.frame_stride, num=num, generator=generator, mask_ratio=mask_ratio)
+    return reconstruct_dataset(model, source, split, out_dir, geometry.img_size, num=num, generator=generator,
                                mask_ratio=mask_ratio)
