@@ -36,7 +36,8 @@ X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 class Server:
     """Serves ``routes[path] = (behaviour, body)``: ``ok`` (with Range), ``slow``, ``drop_once`` (the first answer
     stops half-way), ``truncate`` (every answer stops half-way), ``html``, ``redirect`` (body = the new path); other
-    paths are 404. ``requests`` records ``(path, Range header)``."""
+    paths are 404; ``hub`` answers HEAD and GET as the Hugging Face hub's ``resolve`` endpoint does (a commit and the
+    sha256 as ETag). ``requests`` records ``(path, Range header)``."""
 
     def __init__(self):
         self.routes: dict[str, tuple[str, bytes]] = {}
@@ -47,6 +48,15 @@ class Server:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
+
+            def do_HEAD(self):
+                kind, body = owner.routes.get(self.path, ("missing", b""))
+                self.send_response(200 if kind == "hub" else 404)
+                if kind == "hub":
+                    self.send_header("X-Repo-Commit", "f" * 40)
+                    self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()}"')
+                self.send_header("Content-Length", str(len(body) if kind == "hub" else 0))
+                self.end_headers()
 
             def do_GET(self):
                 owner.requests.append((self.path, self.headers.get("Range")))
@@ -67,6 +77,9 @@ class Server:
                 else:
                     self.send_response(200)
                 payload = body[start:]
+                if kind == "hub":
+                    self.send_header("X-Repo-Commit", "f" * 40)
+                    self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()}"')
                 self.send_header("Content-Type", "text/html" if kind == "html" else "application/octet-stream")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
@@ -291,6 +304,16 @@ def test_hub_repos_in_our_timm_and_transformers_layouts(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match=r"tester/none/config.json is not in the Hugging Face cache .*"
                                               "HIERALAB_OFFLINE"):
         hieralab.from_pretrained("hf-hub:tester/none")
+
+
+def test_hub_files_come_through_the_mirror_into_the_hub_cache(server, entry, tmp_path):
+    src = mini_model()
+    e = entry("t_hub_mirror", "timm", hub="tester/mirror")
+    server.routes["/tester/mirror/resolve/main/model.safetensors"] = ("hub", save(timm_state(src)))
+    same_outputs(hieralab.create_model(e.name, pretrained=True), src)
+    path = weights.resolve(e.name)
+    assert path.is_relative_to(tmp_path / "hf") and path.resolve().parent.name == "blobs"  # the hub's cache
+    assert not (tmp_path / "cache" / "downloads").exists()  # and no second copy
 
 
 def test_a_changed_hub_blob_is_refused(entry, monkeypatch):

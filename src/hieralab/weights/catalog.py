@@ -35,7 +35,7 @@ HUB_PREFIX = "hf-hub:"
 FORMATS = {  # what the file holds, in the words of the table in docs/weights.md
     "official": "official .pth ({'model_state': ...})",
     "mae": "MAE .pth ({'model': ...})",
-    "t2t": "timm training .pth.tar (EMA weights used)",
+    "t2t": "timm training .pth.tar (its EMA weights when present)",
     "timm": "timm safetensors",
     "transformers": "transformers safetensors",
     "hieralab": "hieralab save_pretrained folder",
