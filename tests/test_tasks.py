@@ -264,3 +264,36 @@ def test_eval_refuses_a_users_folder_and_writes_there_with_overwrite(tmp_path, c
     assert main(["eval", str(run), "--data", str(images), "--out", str(out), "--overwrite", "--limit", "3"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["count"] == 3 and metrics["given"] == 3
+
+
+# ---------------------------------------------------------------- commands that are not tasks
+def test_ava_eval_prints_and_writes_the_benchmarks_numbers(tmp_path, capsys):
+    from hieralab.metrics.ava import evaluate_files
+
+    (tmp_path / "gt.csv").write_text("v1,0902,0.1,0.1,0.5,0.5,1,0\nv1,0902,0.1,0.1,0.5,0.5,2,0\n"
+                                     "v1,0903,0.5,0.5,0.9,0.9,1,1\n")
+    (tmp_path / "det.csv").write_text("v1,0902,0.1,0.1,0.5,0.5,1,0.9\nv1,0903,0.1,0.1,0.5,0.5,1,0.8\n"
+                                      "v1,0903,0.5,0.5,0.9,0.9,1,0.7\nv1,0902,0.1,0.1,0.5,0.5,2,0.6\n")
+    (tmp_path / "labels.pbtxt").write_text('item { name: "stand" id: 1 }\nitem { name: "walk" id: 2 }\n')
+    out = tmp_path / "m.json"
+    args = [str(tmp_path / "gt.csv"), str(tmp_path / "det.csv"), "--labels", str(tmp_path / "labels.pbtxt")]
+    assert main(["ava-eval", *args, "--out", str(out)]) == 0
+    expected = evaluate_files(*args[:2], str(tmp_path / "labels.pbtxt"))
+    # class 1: TP (0.9), FP (0.8), TP (0.7) -> AP = (1 + 2/3) / 2 = 83.33; class 2: 100; mAP 91.67
+    assert expected["mAP"] == pytest.approx((250 / 3 + 100) / 2)
+    assert f"frame mAP@0.5 {expected['mAP']:.2f} %" in capsys.readouterr().out
+    assert json.loads(out.read_text())["mAP"] == pytest.approx(expected["mAP"])
+    assert main(["ava-eval", *args, "--out", str(out)]) == 1  # nothing replaced unasked
+    assert "exists" in capsys.readouterr().err
+
+
+def test_init_takes_public_weights_by_name(tmp_path, monkeypatch):
+    from hieralab import weights
+    from hieralab.engine.artifacts import resolve_weights
+
+    file = tmp_path / "w.safetensors"
+    file.write_bytes(b"x")
+    monkeypatch.setattr(weights, "resolve", lambda spec: file if spec == "hiera_mini_32.toy" else None)
+    assert resolve_weights("hiera_mini_32.toy") == file
+    with pytest.raises(FileNotFoundError, match="public weights by name"):
+        resolve_weights("no/such/run")

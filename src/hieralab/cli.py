@@ -288,6 +288,39 @@ def _union(flags) -> list:
 TRAINING = "training"  # the subparsers built from the task table take key=value overrides anywhere on the line
 
 
+def cmd_weights(args: argparse.Namespace) -> int:
+    from .weights import commands
+
+    words = list(args.words)
+    if words[:1] == ["download"]:
+        if len(words) != 2:
+            raise ValueError("usage: hieralab weights download NAME.TAG (hieralab weights lists them)")
+        return commands.download_command(words[1])
+    if len(words) > 1:
+        raise ValueError("usage: hieralab weights [PATTERN] or hieralab weights download NAME.TAG")
+    return commands.list_command(words[0] if words else None)
+
+
+def cmd_ava_eval(args: argparse.Namespace) -> int:
+    from . import files
+    from .metrics.ava import evaluate_files
+
+    if args.out:
+        files.refuse_existing(args.out, args.overwrite)
+    m = evaluate_files(args.gt, args.detections, args.labels, exclude=args.exclude, top_k=args.top_k)
+    scored = m["scored"]
+    print(f"frame mAP@0.5 {m['mAP']:.2f} % over {scored['classes']} classes ({scored['keyframes']} keyframes, "
+          f"{scored['gt_boxes']} ground-truth boxes, {scored['detections']} detections scored)")
+    names = m.get("names", {})
+    for cid, ap in sorted(m["AP"].items(), key=lambda kv: int(kv[0])):
+        shown = "no ground truth" if ap is None else f"{ap:.2f} %"
+        print(f"  {cid:>3} {names.get(cid, names.get(str(cid), '')):<32} {shown}")
+    if args.out:
+        files.write_json(args.out, m)
+        print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import preset_names
     from .data import catalog
@@ -357,6 +390,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="a new (or empty) folder for shard-NNNNNN.tar and shards.json")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
     p.set_defaults(func=cmd_shards)
+
+    p = sub.add_parser("weights", help="public Hiera-family weights by name: list them, or download one "
+                                       "(hieralab weights download hiera_base_224.mae_in1k)")
+    p.add_argument("words", nargs="*", metavar="PATTERN | download NAME.TAG",
+                   help="a glob of names to list (default: all), or 'download NAME.TAG'")
+    p.set_defaults(func=cmd_weights)
+
+    p = sub.add_parser("ava-eval", help="frame mAP@0.5 of spatio-temporal action detections (the AVA benchmark's "
+                                        "metric), from the CSV files, no model")
+    p.add_argument("gt", help="ground truth: an AVA annotation CSV (video_id, timestamp, x1, y1, x2, y2, action, person)")
+    p.add_argument("detections", help="detections: an AVA results CSV (video_id, timestamp, x1, y1, x2, y2, action, "
+                                      "score)")
+    p.add_argument("--labels", required=True, help="the label map (.pbtxt: ActivityNet's or the TF object-detection "
+                                                   "format); its classes are the ones scored")
+    p.add_argument("--exclude", help="excluded timestamps CSV (video_id, timestamp)")
+    p.add_argument("--top-k", type=int, help="detections kept per keyframe (the official script: 50)")
+    p.add_argument("--out", help="also write {mAP, AP per class, what was scored} here (JSON)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=cmd_ava_eval)
 
     p = sub.add_parser("presets", help="list the presets (paper recipes, demos) with a line on each")
     p.set_defaults(func=cmd_presets)

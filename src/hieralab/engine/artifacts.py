@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from torch import nn
 
+from .. import weights
 from ..data import catalog
 from ..data.images import is_image_file
 from ..errors import CheckpointError, ConfigError, DataError
@@ -62,11 +63,15 @@ def image_files(inputs: list[str]) -> list[Path]:
 
 def resolve_weights(init: str | Path) -> Path:
     """What an ``init`` points at: a pretrain run means its ``encoder/``, a fine-tuning run its ``best/``, anything
-    else (a ``save_pretrained`` folder, a weights file) itself."""
+    else (a ``save_pretrained`` folder, a weights file) itself; a catalog name (``hiera_base_224.mae_in1k``, see
+    ``hieralab weights``) or ``hf-hub:ORG/REPO`` its downloaded file (fetched once into the cache)."""
     path = Path(init).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"init={init}: no such file or folder (a pretrain run, a save_pretrained folder or a "
-                                "checkpoint file)")
+        named = weights.resolve(str(init))
+        if named is not None:
+            return Path(named)
+        raise FileNotFoundError(f"init={init}: no such file or folder (a pretrain run, a save_pretrained folder, a "
+                                "checkpoint file, or public weights by name: hieralab weights)")
     for inner in ("encoder", "best"):
         if (path / inner / "config.json").exists() and not (path / "config.json").exists():
             return path / inner

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import files
+from .. import files, weights
 from ..models.checkpoint import from_pretrained
 from ..models.factory import create_model
 
@@ -49,7 +49,10 @@ def load_model(source: str, checkpoint: str | None = None, **overrides: Any) -> 
         path = path / "best"
     if path.exists():  # a folder: from_pretrained names the save_pretrained folders inside a run folder
         return from_pretrained(path, **overrides).eval()
-    return create_model(source, checkpoint=checkpoint, **overrides).eval()
+    if checkpoint is not None and not Path(checkpoint).expanduser().exists():
+        checkpoint = weights.resolve(checkpoint) or checkpoint  # public weights by name
+    tagged = weights.split_name(source)[1] is not None  # "hiera_base_224.mae_in1k": those weights
+    return create_model(source, checkpoint=checkpoint, pretrained=tagged and checkpoint is None, **overrides).eval()
 
 
 PROTOBUF_LIMIT = 2 * 1024**3  # bytes: one ONNX file holds its weights up to this size
@@ -98,11 +101,20 @@ def run(source: str, out: str, *, checkpoint: str | None = None, batch: int = 1,
     kind = {".onnx": "onnx", ".pt2": "pt2"}.get(out_path.suffix)
     if kind is None:
         raise ValueError(f"--out {out}: use a .onnx (ONNX) or .pt2 (torch.export) file name")
+    for flag, value in (("--batch", batch), ("--img-size", img_size), ("--frames", frames)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{flag} {value}: must be a whole number of at least 1")
     files.refuse_existing(out_path, overwrite)
     model = load_model(source, checkpoint)
     x = example_input(model, batch, img_size, frames)
     with torch.no_grad():
-        model(x)  # a clear error for a bad size before the exporter's long ones
+        try:
+            model(x)  # a clear error for a bad size before the exporter's long ones
+        except ValueError as e:  # the model's own rule (mask units, patches), said under the flags that set the size
+            given = " ".join(f"{f} {v}" for f, v in (("--img-size", img_size), ("--frames", frames)) if v is not None)
+            if not given:
+                raise
+            raise ValueError(f"{given}: {e}") from None
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # Export under the final file name inside a temporary folder: an ONNX file names its external weights file
     # (only for models over 2 GiB: <name>.onnx.data), and that name must be the one it will have beside it.
