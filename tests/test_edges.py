@@ -347,3 +347,30 @@ def test_an_inference_optimised_model_runs_under_bfloat16_autocast():
     torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2 * want.float().abs().max().item())
     with torch.no_grad():  # and outside autocast, the packed fp32 path as before
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- export flags (case 8)
+@pytest.mark.parametrize("flags, words", [
+    ({"img_size": -32}, "--img-size -32: must be a whole number of at least 1"),  # was torch's negative dimension
+    ({"img_size": 0}, "--img-size 0: must be a whole number of at least 1"),      # was the native size, silently
+    ({"img_size": 100}, "--img-size 100: input size (100, 100) does not divide into mask units: H=100 -> a "
+                        "multiple of 32 (e.g. 96), W=100 -> a multiple of 32 (e.g. 96); resize or crop"),
+    ({"batch": 0}, "--batch 0: must be a whole number of at least 1"),
+    ({"batch": -2}, "--batch -2: must be a whole number of at least 1"),
+    ({"frames": 0}, "--frames 0: must be a whole number of at least 1"),
+])
+def test_export_flags_out_of_range_are_one_line_naming_the_flag(tmp_path, flags, words):
+    from hieralab.tasks import export
+
+    with pytest.raises(ValueError) as e:
+        export.run("hiera_tiny_224", str(tmp_path / "m.pt2"), check=False, **flags)
+    assert str(e.value) == words
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_frames_must_be_whole_mask_units_of_a_video_model(tmp_path):
+    from hieralab.tasks import export
+
+    with pytest.raises(ValueError, match=r"^--frames 3: input size \(3, 224, 224\) does not divide into mask "
+                                         r"units: T=3 -> a multiple of 2 \(e.g. 4\); resize or crop$"):
+        export.run("hiera_base_16x224", str(tmp_path / "v.pt2"), check=False, frames=3)
