@@ -374,3 +374,87 @@ def test_export_frames_must_be_whole_mask_units_of_a_video_model(tmp_path):
     with pytest.raises(ValueError, match=r"^--frames 3: input size \(3, 224, 224\) does not divide into mask "
                                          r"units: T=3 -> a multiple of 2 \(e.g. 4\); resize or crop$"):
         export.run("hiera_base_16x224", str(tmp_path / "v.pt2"), check=False, frames=3)
+
+
+# ---------------------------------------------------------------- from_pretrained (case 7)
+def test_from_pretrained_features_only_as_create_model_gives_it(tmp_path):
+    import torch
+
+    import hieralab
+    from hieralab.models.features import FeatureMaps
+
+    small = dict(embed_dim=16, num_heads=1, stages=[1, 1, 1, 1], num_classes=3)
+    hieralab.create_model("hiera_tiny_224", **small).save_pretrained(tmp_path / "m")
+    maps = hieralab.from_pretrained(tmp_path / "m", features_only=True, out_indices=(1, 3))  # was a TypeError
+    same = hieralab.create_model("hiera_tiny_224", **small, checkpoint=tmp_path / "m", features_only=True,
+                                 out_indices=(1, 3))
+    assert isinstance(maps, FeatureMaps) and maps.feature_info.channels() == same.feature_info.channels() == [32, 128]
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        for a, b in zip(maps.eval()(x), same.eval()(x), strict=True):
+            torch.testing.assert_close(a, b)
+    assert isinstance(hieralab.Hiera.from_pretrained(tmp_path / "m", features_only=True), FeatureMaps)
+
+
+@pytest.fixture(scope="module")
+def hf_hiera(tmp_path_factory):
+    """transformers' HieraForImageClassification (Hiera-T's shape, 3 labels) saved by its own save_pretrained."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    torch.manual_seed(0)
+    config = transformers.HieraConfig(embed_dim=96, num_heads=[1, 2, 4, 8], depths=[1, 2, 7, 2],
+                                      id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2})
+    model = transformers.HieraForImageClassification(config).eval()
+    folder = tmp_path_factory.mktemp("hf") / "hiera"
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def test_from_pretrained_reads_a_transformers_save_pretrained_folder(hf_hiera):
+    import torch
+
+    import hieralab
+
+    folder, theirs = hf_hiera
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "hiera"
+    ours = hieralab.from_pretrained(folder).eval()  # was "config.json is not a save_pretrained config"
+    assert ours.model_name == "hiera_tiny_224" and ours.num_classes == 3
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x).logits, rtol=1e-4, atol=1e-4)
+    built = hieralab.create_model("hiera_tiny_224", num_classes=3, checkpoint=folder).eval()  # the folder as such
+    with torch.no_grad():
+        torch.testing.assert_close(built(x), ours(x))
+    assert isinstance(hieralab.from_pretrained(folder, features_only=True), hieralab.models.features.FeatureMaps)
+
+
+def test_from_pretrained_of_another_transformers_model_names_what_to_pass(tmp_path):
+    from hieralab.errors import CheckpointError
+    from hieralab.models.checkpoint import from_pretrained
+
+    (tmp_path / "vit").mkdir()
+    (tmp_path / "vit" / "config.json").write_text(json.dumps({"model_type": "vit", "architectures": ["ViTModel"]}))
+    with pytest.raises(CheckpointError) as e:
+        from_pretrained(tmp_path / "vit")
+    msg = str(e.value)
+    assert "\n" not in msg and "is a transformers vit (ViTModel), not a Hiera" in msg
+    assert f"hieralab.create_model(NAME, checkpoint='{tmp_path / 'vit' / 'model.safetensors'}')" in msg
+    (tmp_path / "hiera").mkdir()
+    (tmp_path / "hiera" / "config.json").write_text(json.dumps({"model_type": "hiera", "embed_dim": 96}))
+    with pytest.raises(CheckpointError, match="has a transformers config.json but no model.safetensors"):
+        from_pretrained(tmp_path / "hiera")
+
+
+def test_from_pretrained_reads_a_folder_timm_wrote(tmp_path):
+    import torch
+    from timm.models import save_for_hf
+
+    import hieralab
+
+    timm_model = __import__("timm").create_model("hiera_tiny_224", num_classes=5).eval()
+    save_for_hf(timm_model, tmp_path / "t", safe_serialization=True)  # config.json names an "architecture"
+    ours = hieralab.from_pretrained(tmp_path / "t").eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), timm_model(x), rtol=1e-4, atol=1e-4)

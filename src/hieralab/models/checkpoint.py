@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from torch import nn
 
 from .. import files, weights
 from ..errors import CheckpointError
+from ..weights.download import WEIGHT_FILES
 from . import registry
 from .convert import (CONFIG_NAME, WEIGHTS_NAME, read_safetensors, read_state_dict, to_hieralab_keys, to_mae_keys,
                       unwrap_state_dict)
@@ -167,7 +168,10 @@ def load_checkpoint(model: nn.Module, path_or_state: str | os.PathLike | Mapping
         sd = unwrap_state_dict(path_or_state, "the state dict given")
     else:
         folder = Path(path_or_state).expanduser()
-        if folder.is_dir() and (folder / CONFIG_NAME).exists():
+        other = _other_layout(folder) if folder.is_dir() else None
+        if other is not None:  # timm's / transformers' save_pretrained: their weights file, keys converted below
+            folder = other[2]
+        elif folder.is_dir() and (folder / CONFIG_NAME).exists():
             _check_saved_config(model, folder)
         sd = read_state_dict(folder)
     if getattr(model, "is_mae", False):
@@ -226,13 +230,23 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def from_pretrained(directory: str | os.PathLike, *, expect: type | None = None, **overrides: Any) -> nn.Module:
+def from_pretrained(directory: str | os.PathLike, *, expect: type | None = None, features_only: bool = False,
+                    out_indices: int | Sequence[int] | None = None, **overrides: Any) -> nn.Module:
     """Rebuild a model saved by :func:`save_pretrained` and load its weights; with ``expect`` (the class
     ``from_pretrained`` was called on) a folder holding another kind of model is an error. ``"hf-hub:ORG/REPO"``
-    takes a hub repo in that layout, timm's or transformers' (:func:`_from_hub`)."""
+    takes a hub repo in that layout, timm's or transformers' (:func:`_from_hub`), and so does a local folder that
+    timm's or transformers' ``save_pretrained`` wrote. ``features_only`` returns the feature interface
+    (:class:`~hieralab.models.features.FeatureMaps`, the maps at ``out_indices``), as ``create_model`` does."""
+    if features_only:
+        from .features import FeatureMaps  # features -> base -> this module: imported when used
+
+        return FeatureMaps(from_pretrained(directory, expect=expect, **overrides), out_indices)
     if str(directory).startswith(weights.HUB_PREFIX):
         return _from_hub(str(directory), expect=expect, **overrides)
     directory = Path(directory).expanduser()
+    other = _other_layout(directory)
+    if other is not None:  # timm's or transformers' save_pretrained: built as from their hub repo
+        return _from_layout(str(directory), *other, expect=expect, **overrides)
     meta = read_config(directory)
     name = meta.get("model_name")
     if name is None:
@@ -262,23 +276,64 @@ def _from_hub(spec: str, *, expect: type | None = None, **overrides: Any) -> nn.
     repo = weights.hub_repo(spec)
     if repo.kind == "hieralab":
         return from_pretrained(repo.folder, expect=expect, **overrides)
-    if repo.kind == "timm":
-        name, args = repo.config["architecture"], {k: v for k, v in repo.config.items() if k == "num_classes"}
+    return _from_layout(spec, repo.kind, repo.config, repo.weights, expect=expect, **overrides)
+
+
+def _other_layout(directory: Path) -> tuple[str, dict[str, Any], Path] | None:
+    """``(kind, config, weights file)`` of a folder that timm's (``"timm"``: its config.json names an
+    ``architecture``) or transformers' (``"transformers"``: ``model_type`` ``"hiera"``) ``save_pretrained`` wrote;
+    ``None`` for ours, or a folder without a readable config (:func:`read_config` says what is wrong). Another
+    transformers model is a one-line error naming what to pass instead."""
+    path = directory / CONFIG_NAME
+    try:
+        config = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(config, dict) or isinstance(config.get("config"), dict):
+        return None
+    if "architecture" in config:
+        kind = "timm"
+    elif config.get("model_type") == "hiera":
+        kind = "transformers"
+    elif "model_type" in config or "architectures" in config:
+        raise CheckpointError(f"{path} is a transformers {config.get('model_type') or '?'} "
+                              f"({', '.join(config.get('architectures') or []) or 'no architectures'}), not a Hiera: "
+                              f"build the matching registered model and load the weights into it, e.g. "
+                              f"hieralab.create_model(NAME, checkpoint='{directory / WEIGHT_FILES[0]}') "
+                              f"(hieralab.list_models())")
     else:
-        args = weights.transformers_arguments(repo.config)
+        return None
+    found = [directory / f for f in WEIGHT_FILES if (directory / f).is_file()]
+    if not found:
+        raise CheckpointError(f"{directory} has a {kind} {CONFIG_NAME} but no {' or '.join(WEIGHT_FILES)}; a sharded "
+                              f"save (model.safetensors.index.json) is not read: save it again in one file")
+    return kind, config, found[0]
+
+
+def _from_layout(spec: str, kind: str, config: dict[str, Any], weights_file: Path, *, expect: type | None = None,
+                 **overrides: Any) -> nn.Module:
+    """The registered model a timm or transformers ``config.json`` describes, with ``weights_file`` loaded."""
+    if kind == "timm":
+        name, args = config["architecture"], {k: v for k, v in config.items() if k == "num_classes"}
+    else:
+        try:
+            args = weights.transformers_arguments(config)
+        except CheckpointError as e:
+            raise CheckpointError(f"{spec}: {e}") from None
         shape = {k: args.pop(k) for k in ("embed_dim", "num_heads", "stages", "input_size")}
         name = next((n for n in registry.list_models("hiera_*") if {
             "embed_dim": (c := registry.model_config(n)).get("embed_dim"), "num_heads": c.get("num_heads"),
             "stages": tuple(c.get("stages", ())), "input_size": tuple(c.get("input_size", (224, 224)))} == shape),
             f"a Hiera with {shape}")
     if name not in registry.list_models(dense=True):
-        raise CheckpointError(f"{spec} holds {repo.kind}'s {name}, which is not a registered hieralab model "
-                              "(hieralab.list_models())")
+        raise CheckpointError(f"{spec} holds {kind}'s {name}, which is not a registered hieralab model: build the "
+                              f"closest one and load the weights into it, hieralab.create_model(NAME, "
+                              f"checkpoint='{weights_file}', ...) (hieralab.list_models())")
     model = registry.build(name, **{**args, **overrides})
     if expect is not None and not isinstance(model, expect):
         raise CheckpointError(f"{spec} holds a {type(model).__name__} ({name}), not a {expect.__name__}")
     try:
-        load_checkpoint(model, repo.weights)
+        load_checkpoint(model, weights_file)
     except CheckpointError as e:
         raise CheckpointError(f"{spec}: {e}") from None
     return model
