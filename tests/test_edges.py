@@ -178,7 +178,7 @@ def test_coco_file_without_annotations_is_refused_for_training(tmp_path, annotat
     with pytest.raises(DataError) as e:
         CocoInstances(ann, images)
     msg = str(e.value)
-    assert "\n" not in msg and msg.startswith(f"{ann} has no annotation to train on (2 images, ")
+    assert "\n" not in msg and msg.startswith(f"{ann} has no annotation to train on or score (2 images, ")
     assert "AP would be -1" in msg
     with caplog.at_level("WARNING"):  # an evaluation may go on, and says so
         ds = CocoInstances(ann, images, require_annotations=False)

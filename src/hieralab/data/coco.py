@@ -192,7 +192,7 @@ class CocoInstances(torch.utils.data.Dataset):
         if self.dropped:
             log.warning("%s: %s", ann_file, _said(self.dropped, named))
         if not any(self._anns.values()):
-            purpose = "train on" if require_annotations else "score"
+            purpose = "train on or score" if require_annotations else "score"
             message = (f"{Path(ann_file).expanduser()} has no annotation to {purpose} ({len(self.ids)} images"
                        f"{f' (data.limit={limit})' if limit is not None else ''}, {given} annotations in the file"
                        f"{': ' + _said(self.dropped, {}) if self.dropped else ''}): nothing would be learnt and COCO "
