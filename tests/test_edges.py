@@ -458,3 +458,15 @@ def test_from_pretrained_reads_a_folder_timm_wrote(tmp_path):
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), timm_model(x), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- predict flags (case 8)
+@pytest.mark.parametrize("flags, words", [({"topk": 0}, "--topk 0: must be at least 1"),
+                                          ({"topk": -1}, "--topk -1: must be at least 1"),
+                                          ({"batch_size": 0}, "--batch-size 0: must be at least 1")])
+def test_predict_flags_out_of_range_are_one_line_naming_the_flag(tmp_path, flags, words):
+    from hieralab.tasks.finetune import predict_files  # (it was tasks/evaluate.py's)
+
+    with pytest.raises(ValueError) as e:  # checked before the checkpoint is read
+        predict_files(tmp_path / "no-model", [str(tmp_path)], **flags)
+    assert str(e.value) == words
