@@ -5,11 +5,12 @@ value is checked before anything is built, and the resolved config is written in
 always be repeated.
 """
 
-from .schema import (PRESETS, AugConfig, DataConfig, DenseDataConfig, DetectConfig, FinetuneConfig, LinprobeConfig,
-                     OptimConfig, PretrainConfig, RunConfig, SegmentConfig, apply_overrides, check, from_dict,
-                     load_config, preset_names, preset_summary, preset_task, to_dict, trajectory_changes, validate)
+from .schema import (PRESETS, ActionConfig, ActionDataConfig, AugConfig, DataConfig, DenseDataConfig, DetectConfig,
+                     FinetuneConfig, LinprobeConfig, OptimConfig, PretrainConfig, RunConfig, SegmentConfig,
+                     apply_overrides, check, from_dict, load_config, preset_names, preset_summary, preset_task, to_dict,
+                     trajectory_changes, validate)
 
-__all__ = ["PRESETS", "AugConfig", "DataConfig", "DenseDataConfig", "DetectConfig", "FinetuneConfig", "LinprobeConfig",
-           "OptimConfig", "PretrainConfig", "RunConfig", "SegmentConfig", "apply_overrides", "check", "from_dict",
-           "load_config", "preset_names", "preset_summary", "preset_task", "to_dict", "trajectory_changes",
-           "validate"]
+__all__ = ["PRESETS", "ActionConfig", "ActionDataConfig", "AugConfig", "DataConfig", "DenseDataConfig", "DetectConfig",
+           "FinetuneConfig", "LinprobeConfig", "OptimConfig", "PretrainConfig", "RunConfig", "SegmentConfig",
+           "apply_overrides", "check", "from_dict", "load_config", "preset_names", "preset_summary", "preset_task",
+           "to_dict", "trajectory_changes", "validate"]

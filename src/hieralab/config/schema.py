@@ -312,6 +312,70 @@ class SegmentConfig(DenseConfig):
     out_dir: str = RunConfig.default("out_dir", "runs/segment")
 
 
+@dataclass
+class ActionDataConfig:
+    """Where AVA-format action data is (``hieralab action``): annotation CSVs, the videos (or AVA frame folders),
+    a label map. ``"actions"`` (the default) is the bundled Fashion-MNIST action clips, written once to
+    ``actions_root``."""
+
+    train_ann: str = setting("actions", check=non_empty)  # an AVA annotation CSV, or "actions" (the bundled clips)
+    train_videos: str | None = None  # its videos ({video_id}.mp4 ...) or frame folders (default: the clips')
+    val_ann: str = setting("actions", check=non_empty)
+    val_videos: str | None = None
+    labels: str | None = None  # the .pbtxt label map (default: the bundled clips'; needed for other data)
+    val_boxes: str | None = None  # person boxes to classify at evaluation (a CSV with scores, as AVA's detected
+    #                      people); None: the ground-truth boxes
+    exclude: str | None = None  # excluded-timestamps CSV (AVA's): neither trained on nor scored
+    frame_rule: str = setting("seconds", check=one_of("seconds", "ava"))  # the keyframe's frame: "seconds" into the
+    #                      video at its own rate, or "ava" (30 fps frame folders from second 900)
+    frames_layout: str = setting("videos", check=one_of("videos", "frames"))  # video files, or AVA's frame folders
+    #                      ({video_id}/{video_id}_000001.jpg)
+    num_frames: int | None = setting(None, check=optional(at_least(1)))  # frames per clip (None: the model's)
+    frame_stride: int = setting(2, check=at_least(1))  # frames between two of the clip's (SlowFast's AVA: 8 x 8)
+    img_size: int = setting(64, check=at_least(8))  # the side clips are resized to (square)
+    box_jitter: float = setting(0.05, check=between(0, 0.5))  # training boxes moved and resized by up to this
+    #                      fraction of their side (uniform); evaluation boxes never are
+    single_frame: bool = False  # the keyframe repeated over the clip (a baseline that cannot see motion)
+    mean: tuple[float, ...] | None = setting(None, check=channel_stats)  # None: the encoder's pretraining values,
+    std: tuple[float, ...] | None = setting(None, check=positive_stats)  # else ImageNet's
+    limit: int | None = setting(None, check=optional(at_least(1)))  # the first N keyframes of each split
+    actions_root: str = setting("runs/fashion-mnist-actions", check=non_empty)
+    actions_train: int = setting(400, check=at_least(1))  # bundled clips written for training / validation
+    actions_val: int = setting(100, check=at_least(1))
+    video_decoder: str = setting("auto", check=one_of("auto", "torchcodec", "pyav"), trajectory=False)
+    num_workers: int = setting(2, check=at_least(0), trajectory=False)
+
+
+def _action_optim() -> OptimConfig:
+    """ViTDet's AdamW recipe (betas 0.9 / 0.999, weight decay 0.1, a short warmup) as the dense tasks', at batch 8:
+    lr 3e-4 (base 1e-2 per 256)."""
+    return OptimConfig(batch_size=8, base_lr=1e-2, betas=(0.9, 0.999), weight_decay=0.1, warmup_epochs=0.2,
+                       min_lr=1e-6)
+
+
+@dataclass
+class ActionConfig(RunConfig):
+    """Spatio-temporal action detection (AVA): a video encoder, an RoI head on the keyframe clip's map."""
+
+    model: str = setting("hiera_mini_8x32", check=non_empty)  # a video encoder (hieralab list '*x*')
+    model_args: dict[str, Any] = setting(factory=dict)
+    init: str | None = None  # the encoder's weights: a (video MAE) pretrain run, a save_pretrained folder, an
+    #                          official / timm file; None: random init
+    data: ActionDataConfig = setting(factory=ActionDataConfig)
+    optim: OptimConfig = setting(factory=_action_optim)
+    layer_decay: float = setting(0.75, check=between(0, 1, low_open=True))
+    drop_path: float = setting(0.1, check=between(0, 1, high_open=True))
+    feature: str = setting("stage3", check=one_of("stage1", "stage2", "stage3", "stage4", "fuse"))  # the Hiera
+    #                      stage whose map the RoI head pools (1-based; the mini has 3), or "fuse": the last two,
+    #                      each pooled at its own stride, concatenated
+    dropout: float = setting(0.5, check=between(0, 1, high_open=True))  # before the classifier (SlowFast's 0.5)
+    top_k: int | None = setting(None, check=optional(at_least(1)), trajectory=False)  # detections kept per
+    #                      keyframe when scoring (None: all; the official script: 50)
+    pictures: int = setting(4, check=at_least(0), trajectory=False)  # validation keyframes drawn
+    epochs: float = RunConfig.default("epochs", 6.0)
+    out_dir: str = RunConfig.default("out_dir", "runs/action")
+
+
 # ---------------------------------------------------------------- checking
 def validate(cfg: Any, prefix: str = "") -> list[str]:
     """Every rule of every field of ``cfg`` (a dataclass, recursively): one line per problem."""

@@ -13,11 +13,12 @@ from pathlib import Path
 
 from ..engine.run_folder import recorded_task
 from ..engine.task import Task
-from . import detect, finetune, linprobe, pretrain, segment
+from . import action, detect, finetune, linprobe, pretrain, segment
 
 log = logging.getLogger(__name__)
 
-TASKS: dict[str, Task] = {t.name: t for t in (pretrain.TASK, finetune.TASK, linprobe.TASK, detect.TASK, segment.TASK)}
+TASKS: dict[str, Task] = {t.name: t for t in (pretrain.TASK, finetune.TASK, linprobe.TASK, detect.TASK, segment.TASK,
+                                               action.TASK)}
 
 
 def task_of(path: str | Path) -> tuple[Task, Path]:
