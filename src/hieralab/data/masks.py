@@ -146,6 +146,7 @@ def read_mask(path: str | os.PathLike, classes: int | None = None) -> np.ndarray
         return values.astype(np.uint8)
     if values.dtype.kind == "f":  # mode "F": whole numbers only
         if not np.all(np.isfinite(values) & (values == np.round(values))):
-            raise DataError(f"{path} holds fractional values; a mask holds whole class indices")
-        values = values.astype(np.int64)
+            raise DataError(f"{path} holds fractional values, not class indices: save it as an 8-bit grayscale "
+                            f"('L') or palette ('P') PNG of whole class indices")
+        values = values.astype(np.int32)  # as mode "I" holds them
     return values
