@@ -470,3 +470,18 @@ def test_predict_flags_out_of_range_are_one_line_naming_the_flag(tmp_path, flags
     with pytest.raises(ValueError) as e:  # checked before the checkpoint is read
         predict_files(tmp_path / "no-model", [str(tmp_path)], **flags)
     assert str(e.value) == words
+
+
+def test_shards_command_refusals_are_one_line(tmp_path, capsys):
+    from conftest import error_lines
+
+    from hieralab.cli import main
+
+    src = _mixed_folder(tmp_path / "mixed")
+    assert main(["shards", str(src), str(tmp_path / "out")]) == 1
+    [line] = error_lines(capsys.readouterr().err)
+    assert "holds 6 images and 1 clips" in line
+    assert main(["shards", str(src), str(src / "sub")]) == 1
+    [line] = error_lines(capsys.readouterr().err)
+    assert f"the shard folder {src / 'sub'} is inside the source {src}" in line
+    assert not (src / "sub").exists()
