@@ -1,6 +1,6 @@
 """What every model here shares: its config captured from its own constructor, ``save_pretrained`` /
 ``from_pretrained``, layer ids for layer-wise lr decay, timm's classifier accessors, and the index rule of
-``forward_intermediates``.
+``forward_intermediates`` (``take_indices``, kept in ``indices.py``).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import functools
 import inspect
 import os
 import re
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -18,6 +17,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from ..config.schema import plain
 from . import checkpoint
+from .indices import take_indices  # noqa: F401  (hiera, vit and hieradet import it from here)
 
 
 def _capture_config(init):
@@ -45,23 +45,6 @@ def _capture_config(init):
 
     __init__.captures_config = True
     return __init__
-
-
-def take_indices(count: int, indices: int | Sequence[int] | None, what: str = "stages") -> list[int]:
-    """Which of ``count`` stages (or blocks) ``forward_intermediates`` returns, as timm's convention: ``None`` all of
-    them, an int ``n`` the last ``n``, a list those named (negative from the end), in the order asked. Anything out
-    of range is an error (never wrapped around)."""
-    if indices is None:
-        return list(range(count))
-    if isinstance(indices, int):
-        if not 1 <= indices <= count:
-            raise ValueError(f"indices={indices}: ask for the last 1..{count} {what}, or name them in a list")
-        return list(range(count - indices, count))
-    take = list(indices)
-    bad = [i for i in take if not -count <= i < count]
-    if not take or bad:
-        raise ValueError(f"indices={list(indices)}: name {what} in 0..{count - 1} (or -{count}..-1)")
-    return [i % count for i in take]
 
 
 class PretrainedMixin:

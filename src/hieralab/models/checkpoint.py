@@ -26,6 +26,7 @@ from ..weights.download import WEIGHT_FILES
 from . import registry
 from .convert import (CONFIG_NAME, WEIGHTS_NAME, read_safetensors, read_state_dict, to_hieralab_keys, to_mae_keys,
                       unwrap_state_dict)
+from .features import FeatureMaps
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +239,6 @@ def from_pretrained(directory: str | os.PathLike, *, expect: type | None = None,
     timm's or transformers' ``save_pretrained`` wrote. ``features_only`` returns the feature interface
     (:class:`~hieralab.models.features.FeatureMaps`, the maps at ``out_indices``), as ``create_model`` does."""
     if features_only:
-        from .features import FeatureMaps  # features -> base -> this module: imported when used
-
         return FeatureMaps(from_pretrained(directory, expect=expect, **overrides), out_indices)
     if str(directory).startswith(weights.HUB_PREFIX):
         return _from_hub(str(directory), expect=expect, **overrides)

@@ -10,7 +10,7 @@ import torch
 from timm.models import FeatureInfo
 from torch import nn
 
-from .base import take_indices
+from .indices import take_indices
 
 
 def default_out_indices(model: nn.Module) -> int:
