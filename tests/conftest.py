@@ -1,3 +1,4 @@
+import os
 import warnings
 from pathlib import Path
 
@@ -8,13 +9,15 @@ from PIL import Image, ImageDraw
 warnings.filterwarnings("ignore", message="Importing from timm.models.layers is deprecated")
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
+# Nothing in the tests reaches outside this machine: downloads by name use the cache only unless a test (the
+# loopback server of test_weights.py) turns them back on.
+os.environ.setdefault("HIERALAB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def pytest_sessionstart(session):
     """In CI the bundled data must be there: the tests that read it skip only outside CI (a developer without
     `make data`), so that CI cannot go green with them skipped."""
-    import os
-
     from hieralab.data.fashion_mnist import ROOT
 
     if os.environ.get("CI") and not (ROOT / "train-images-idx3-ubyte.gz").exists():

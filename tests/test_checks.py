@@ -92,8 +92,10 @@ def test_a_truncated_pth_is_called_truncated_not_unsafe(tmp_path):
     assert "pickled" not in str(e.value) and "weights_only" not in str(e.value)
 
 
-def test_pretrained_true_says_nothing_is_downloaded():
-    with pytest.raises(ValueError, match="never downloads weights.*checkpoint="):
+def test_pretrained_true_offline_names_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("HIERALAB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HIERALAB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="hiera_tiny_224.mae_in1k_ft_in1k is not in the cache .* downloads are off"):
         hieralab.create_model("hiera_tiny_224", pretrained=True)
 
 
@@ -116,9 +118,10 @@ def test_only_hieralabs_own_info_logs_are_shown(capsys):
 
 
 def test_an_unexpected_error_is_one_line_that_points_to_debug(capsys, monkeypatch):
-    import hieralab.cli as cli
 
-    monkeypatch.setattr(cli, "list_models", lambda pattern: 1 / 0)
+    import hieralab.models
+
+    monkeypatch.setattr(hieralab.models, "list_models", lambda pattern: 1 / 0)
     assert main(["list"]) == 1
     [line] = error_lines(capsys.readouterr().err)
     assert "ZeroDivisionError" in line and "--debug" in line

@@ -97,21 +97,41 @@ def spec(train: int, val: int, seed: int) -> dict[str, Any]:
             "garments": GARMENTS, "garment_size": GARMENT_SIZE, "threshold": THRESHOLD, "min_area": MIN_AREA}
 
 
-def ensure_scenes(out: str | Path, *, train: int = 2000, val: int = 300, seed: int = 0) -> Path:
-    """The scenes in ``out`` (written once; reused when ``out/spec.json`` says they were made the same way)."""
+def ensure_scenes(out: str | Path, *, train: int = 2000, val: int = 300, seed: int = 0,
+                  take_existing: bool = False) -> Path:
+    """The scenes in ``out``, written once: reused when ``out/spec.json`` says they were made the same way. Scenes
+    made with other settings are never rewritten: with ``take_existing`` (a training run pointed at them) they are
+    used as they are, otherwise (``hieralab scenes`` asked for other counts) refused in one line."""
     out = Path(out).expanduser()
     wanted = json.loads(json.dumps(spec(train, val, seed)))  # tuples as JSON has them
     spec_file = out / "spec.json"
-    if spec_file.exists() and json.loads(spec_file.read_text()).get("spec") == wanted:
-        return out
-    if out.exists() and any(out.iterdir()) and not spec_file.exists():
-        raise FileExistsError(f"{out} is not empty and holds no Fashion-MNIST scenes; choose another folder")
     if spec_file.exists():
-        log.info("the scenes in %s were made with other settings; writing them again", out)
+        saved = json.loads(spec_file.read_text())
+        if saved.get("spec") == wanted:
+            return out
+        made = saved.get("spec", {})
+        if take_existing:
+            log.info("using the scenes in %s as they are (%s train / %s val, seed %s)", out, made.get("train"),
+                     made.get("val"), made.get("seed"))
+            return out
+        raise FileExistsError(f"{out} holds Fashion-MNIST scenes made with other settings (--train {made.get('train')} "
+                              f"--val {made.get('val')} --seed {made.get('seed')}); nothing was rewritten: choose "
+                              "another folder for these")
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty and holds no Fashion-MNIST scenes; choose another folder")
     counts = {split: write_split(out, split, n, seed) for split, n in (("train", train), ("val", val))}
     files.write_json(spec_file, {"spec": wanted, "counts": counts})
     log.info("wrote Fashion-MNIST scenes to %s: %s", out, counts)
     return out
+
+
+def is_scenes_folder(path: str | Path | None) -> bool:
+    """Whether ``path`` lies in a folder of Fashion-MNIST scenes (``spec.json`` two levels up: ``<scenes>/<split>/
+    images``)."""
+    if not path:
+        return False
+    path = Path(path).expanduser().resolve()
+    return any((p / "spec.json").exists() and (p / "train").is_dir() for p in (path, *list(path.parents)[:2]))
 
 
 def dense_sources(d: Any) -> dict[str, Any]:
@@ -121,7 +141,7 @@ def dense_sources(d: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     scenes = None
     if "scenes" in (d.train_ann, d.val_ann) or None in (d.train_images, d.val_images):
-        scenes = ensure_scenes(d.scenes_root, train=d.scenes_train, val=d.scenes_val)
+        scenes = ensure_scenes(d.scenes_root, train=d.scenes_train, val=d.scenes_val, take_existing=True)
     for split in ("train", "val"):
         ann, images, masks = (getattr(d, f"{split}_{k}") for k in ("ann", "images", "masks"))
         from_scenes = ann == "scenes"
@@ -130,7 +150,7 @@ def dense_sources(d: Any) -> dict[str, Any]:
         out[f"{split}_masks"] = masks or (str(scenes / split / "semantic") if scenes else None)
     if out["train_images"] is None or out["val_images"] is None:
         raise ValueError("set data.train_images and data.val_images to the folders of your images")
-    on_scenes = d.train_ann == "scenes" and d.train_images is None
+    on_scenes = (d.train_ann == "scenes" and d.train_images is None) or is_scenes_folder(out["train_images"])
     out["classes"] = list(d.classes) if d.classes else ["background", *CLASSES] if on_scenes else None
     out["mean"], out["std"] = ((FASHION_MEAN, FASHION_STD) if on_scenes else (IMAGENET_MEAN, IMAGENET_STD))
     return out

@@ -72,6 +72,8 @@ def resolve_weights(init: str | Path) -> Path:
             return Path(named)
         raise FileNotFoundError(f"init={init}: no such file or folder (a pretrain run, a save_pretrained folder, a "
                                 "checkpoint file, or public weights by name: hieralab weights)")
+    if path.is_file() and path.name == "model.safetensors" and (path.parent / "config.json").exists():
+        return path.parent  # the weights file of a save_pretrained folder: the folder, with its architecture
     for inner in ("encoder", "best"):
         if (path / inner / "config.json").exists() and not (path / "config.json").exists():
             return path / inner

@@ -134,8 +134,9 @@ def normalisation(init: str | Path | None, data: Any, mean, std) -> tuple[list[f
     """The mean and std a run normalises with: ``data.mean`` / ``data.std`` when the user set them, else those the
     encoder of ``init`` was pretrained with (its :data:`NORMALISATION` file), else the data's own (``mean``,
     ``std``)."""
-    if data.mean is not None or data.std is not None or not init:
-        return list(data.mean or mean), list(data.std or std)
+    given_mean, given_std = getattr(data, "mean", None), getattr(data, "std", None)  # dense data has none
+    if given_mean is not None or given_std is not None or not init:
+        return list(given_mean or mean), list(given_std or std)
     path = resolve_weights(init)
     try:
         saved = json.loads((path / NORMALISATION).read_text())

@@ -67,6 +67,36 @@ def recorded_task(path: str | os.PathLike) -> str | None:
     return marker.get("task") if isinstance(marker, dict) else None
 
 
+def data_paths(cfg: Any) -> list[tuple[Path, bool]]:
+    """``(path, scanned)`` of the existing files and folders a run's config reads its data from (``data.*`` and
+    ``val_source``; a shard pattern counts as its folder); ``scanned``: a folder read whole, recursively
+    (``data.source``, ``val_source``), where anything written inside becomes data."""
+    data = getattr(cfg, "data", None)
+    values = [(getattr(cfg, "val_source", None), True)]
+    if data is not None:
+        values += [(v, k == "source") for k, v in vars(data).items() if isinstance(v, str)]
+    found = []
+    for value, scanned in values:
+        if not value or not isinstance(value, str):
+            continue
+        path = Path(value.split("{")[0]).expanduser().parent if "{" in value else Path(value).expanduser()
+        if path.exists():
+            found.append((path.resolve(), scanned))
+    return found
+
+
+def check_apart(out_dir: str | os.PathLike, cfg: Any) -> None:
+    """A run folder is never the data nor around it (``--overwrite`` would move the data aside), nor inside a
+    folder that is read whole (the run's pictures would become training data of the next run). A
+    :class:`ConfigError` naming both otherwise."""
+    out = Path(out_dir).expanduser().resolve()
+    for path, scanned in data_paths(cfg):
+        inside = path in out.parents
+        if out == path or out in path.parents or (inside and scanned):
+            where = "is" if out == path else "is inside" if inside else "holds"
+            raise ConfigError([f"out_dir={out_dir} {where} the data ({path}); give the run a folder of its own"])
+
+
 @dataclass
 class Start:
     """What the main process decided about the folder: resume or not, and what changed."""

@@ -32,11 +32,11 @@ from ..progress import bar as tqdm
 from .. import files, seeds
 from ..config import RunConfig, check
 from ..data.pipeline import collate, epoch_batches, first_readable
-from ..errors import ConfigError, DivergedError, DiskFullError, HieralabError
+from ..errors import ConfigError, DivergedError, DiskFullError, HieralabError, RunFolderError
 from ..viz.figures import plot_curve
 from . import checkpoints, distributed, fsdp
 from .optim import build_adamw
-from .run_folder import RunFolder, Start
+from .run_folder import RunFolder, Start, check_apart
 from .run_log import RunLog
 from .schedule import Schedule
 
@@ -195,6 +195,7 @@ class Trainer:
         self.io = fsdp.FullState() if self.sharded else checkpoints.PLAIN  # how checkpoints read and write state
         self._final: nn.Module | None = None  # the unsharded model outputs are written with (parallel=fsdp)
         self._sharded_model: nn.Module | None = None
+        check_apart(cfg.out_dir, cfg)
         self.folder = RunFolder(cfg.out_dir, task)
         self.dir = self.folder.path
         self._options = dict(resume=resume, overwrite=overwrite, accept_changes=tuple(accept_changes))
@@ -301,6 +302,7 @@ class Trainer:
                 if not dist.is_main or self.sharded:
                     state = checkpoints.load(path, held, job.optimizer, self.io)
                 step, loss_value, health = state["step"], state.get("loss", loss_value), Health(state.get("health"))
+                self._check_processes(state.get("processes"), dist.world)
                 self._earlier = state.get("trained", self._earlier)
                 if job.restore:
                     job.restore(state)
@@ -336,6 +338,15 @@ class Trainer:
             log.warning("skipped %d unreadable files (counted in log.csv; the first: %s)", result["skipped_images"],
                         "; ".join(self._unreadable[:3]))
         return summary
+
+    def _check_processes(self, saved: int | None, world: int) -> None:
+        """The effective batch is batch x accumulation x processes: resuming under another process count changes
+        the trajectory (the lr scales with it, the data splits differently), so it needs ``--accept-changes
+        processes``."""
+        accepted = set(self._options["accept_changes"])
+        if saved is not None and saved != world and not accepted & {"processes", "all"}:
+            raise RunFolderError(f"--resume with {world} process(es), the run was trained with {saved}: the effective "
+                                 f"batch changes; run it with {saved}, or pass --accept-changes processes")
 
     def _resume_point(self, model: nn.Module, optimizer: torch.optim.Optimizer, io: checkpoints.StateIO):
         found = checkpoints.resume_from(self.dir / "checkpoints", model, optimizer, io)
@@ -470,6 +481,7 @@ class Trainer:
                         if dist.is_main:
                             finite = all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
                             state = {"epoch": step / schedule.per_epoch, "loss": loss_value, "finite": finite,
+                                     "processes": dist.world,
                                      "trained": trained(),
                                      "health": health.state(), **(job.state() if job.state else {})}
                             target = checkpoints.step_dir(ckpt_dir, step)

@@ -53,6 +53,8 @@ def _guess_models(sd: Mapping[str, torch.Tensor]) -> list[str]:
         if name.startswith("mae_"):  # an encoder checkpoint: name encoders
             continue
         cfg = registry.model_config(name)
+        if ("window_spec" in cfg) != ("pos_embed_window" in sd):  # SAM 2's HieraDet (a window table) or Hiera
+            continue
         if (cfg.get("embed_dim") == w.shape[0] and sum(cfg.get("stages", ())) == depth
                 and len(cfg.get("input_size", (224, 224))) == w.dim() - 2):
             names.append(name)
