@@ -172,3 +172,14 @@ def test_bad_rows_and_missing_videos_are_counted_not_raised(actions, tmp_path):
     counts = clips.skipped.counts
     assert counts["malformed rows"] == 1 and counts["boxes outside [0, 1]"] == 1
     assert counts["keyframes of missing videos"] == 1
+
+
+def test_other_data_needs_its_videos_and_label_map():
+    from hieralab.config import ActionDataConfig
+    from hieralab.errors import ConfigError
+    from hieralab.tasks.action import sources
+
+    with pytest.raises(ConfigError, match="data.labels"):
+        sources(ActionDataConfig(train_ann="a.csv", train_videos="v", val_ann="b.csv", val_videos="v"))
+    with pytest.raises(ConfigError, match="data.val_videos"):
+        sources(ActionDataConfig(train_ann="a.csv", train_videos="v", val_ann="b.csv", labels="l.pbtxt"))

@@ -54,8 +54,10 @@ def sources(d: ActionDataConfig) -> dict[str, Any]:
     ``val_boxes`` (None: the ground truth), ``exclude``; the bundled clips (written first when needed) fill what
     ``d`` leaves to them."""
     bundled = None
-    if BUNDLED in (d.train_ann, d.val_ann) or d.labels is None:
+    if BUNDLED in (d.train_ann, d.val_ann):
         bundled = action_sources(d.actions_root, train=d.actions_train, val=d.actions_val)
+    elif d.labels is None:
+        raise ConfigError(["data.labels: the label map (.pbtxt) of data.train_ann's actions"])
     out: dict[str, Any] = {}
     for split in ("train", "val"):
         ann = getattr(d, f"{split}_ann")
