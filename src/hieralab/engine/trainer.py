@@ -395,6 +395,7 @@ class Trainer:
                 run_log = RunLog(self.dir, resume_step=step if self.start.resume else None)
         bar = tqdm(total=schedule.stop, initial=step, desc=self.task, unit="step", disable=not dist.is_main,
                    dynamic_ncols=True)
+        plain_lines = dist.is_main and bar.disable  # off a terminal (a log file): a plain line every log_every
         job.model.train()
         start_time, skipped_total, first = time.perf_counter(), 0, step
         stand_in = None  # the last readable micro-batch: run at weight 0 in place of an unreadable one (see below)
@@ -469,6 +470,10 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.0f}",
                                     **{k: f"{v:.4g}" for k, v in extra.items() if isinstance(v, float)})
+                    if plain_lines and (step % cfg.log_every == 0 or step == schedule.stop):  # no bar: a line
+                        log.info("%s: step %d/%d, loss %.4f, lr %.2e, %.0f img/s%s", self.task, step, schedule.stop,
+                                 loss_value, lr, speed, "".join(f", {k} {v:.4g}" for k, v in extra.items()
+                                                              if isinstance(v, float)))
                     if run_log and (step % cfg.log_every == 0 or step == schedule.stop or extra):
                         with self.writing(f"{self.dir}/log.csv and tb/"):
                             run_log.write({"step": step, "epoch": round(step / schedule.per_epoch, 4),
