@@ -3,6 +3,7 @@
 own."""
 
 import ast
+import re
 import json
 import subprocess
 import sys
@@ -297,3 +298,44 @@ def test_init_takes_public_weights_by_name(tmp_path, monkeypatch):
     assert resolve_weights("hiera_mini_32.toy") == file
     with pytest.raises(FileNotFoundError, match="public weights by name"):
         resolve_weights("no/such/run")
+
+
+def test_the_divergence_message_instruction_runs_as_written(tmp_path, capsys, monkeypatch):
+    """The message says "add --resume optim.base_lr=X --accept-changes optim.base_lr to the command": the command
+    had key=value overrides, the flags and the new override come after them, and it resumes."""
+    import shlex
+
+    from conftest import PRESET, pretrain_args
+    from hieralab.mae import MaskedAutoencoderHiera
+
+    images = draw_images(tmp_path / "images", n=24)
+    calls = {"n": 0}
+    real = MaskedAutoencoderHiera.forward_loss
+
+    def poisoned(self, x, pred, visible_patches):
+        calls["n"] += 1
+        loss, target = real(self, x, pred, visible_patches)
+        return (loss * float("nan"), target) if calls["n"] == 4 else (loss, target)
+
+    monkeypatch.setattr(MaskedAutoencoderHiera, "forward_loss", poisoned)
+    command = ["pretrain", "--preset", PRESET, *pretrain_args(tmp_path / "r", images, "ckpt_every=1", "max_steps=5")]
+    assert main(command) == 1
+    err = capsys.readouterr().err
+    instruction = re.search(r"add (--resume .*?) to the command", err).group(1)
+    monkeypatch.setattr(MaskedAutoencoderHiera, "forward_loss", real)
+    assert main([*command, *shlex.split(instruction)]) == 0
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["steps"] == 5
+
+
+def test_a_grey_folder_is_normalised_by_its_own_statistics(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from hieralab.data.pipeline import build_dataset
+
+    for i in range(5):
+        (tmp_path / "a").mkdir(exist_ok=True)
+        Image.fromarray(np.full((10, 10), 50 * i, np.uint8)).save(tmp_path / "a" / f"{i}.png")
+    _, mean, std, _ = build_dataset(str(tmp_path))
+    values = np.repeat(np.arange(5) * 50 / 255, 100)
+    assert mean[0] == pytest.approx(values.mean(), abs=1e-4) and std[0] == pytest.approx(values.std(), abs=1e-4)

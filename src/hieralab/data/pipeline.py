@@ -10,9 +10,11 @@ uninterrupted one exactly.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import seeds
@@ -49,11 +51,30 @@ def build_dataset(source: str, split: str = "train", limit: int | None = None, *
             raise DataError(f"{source} has the splits {', '.join(entry.splits)}, not {split!r}")
         ds, mean, std = entry.build(split), entry.mean, entry.std
     else:
-        ds, mean, std = ImageFiles(source), IMAGENET_MEAN, IMAGENET_STD
+        ds = ImageFiles(source)
+        mean, std = grey_statistics(ds) if ds.channels() == 1 else (IMAGENET_MEAN, IMAGENET_STD)
     classes = list(ds.classes)
     if limit is not None:
         ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
     return ds, mean, std, classes
+
+
+def grey_statistics(dataset: ImageFiles, count: int = 256) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The pixel mean and std (0..1) of a folder of grey images, from up to ``count`` of them spread over the folder
+    (ImageNet's colour statistics say nothing about grey data), repeated over 3 channels as the built-ins'."""
+    step = max(1, len(dataset) // count)
+    total, squares, n = 0.0, 0.0, 0
+    for i in range(0, len(dataset), step):
+        image, _ = dataset[i]
+        if isinstance(image, Unreadable):
+            continue
+        a = torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float64) / 255.0)
+        total, squares, n = total + a.sum().item(), squares + (a * a).sum().item(), n + a.numel()
+    if n == 0:
+        return IMAGENET_MEAN, IMAGENET_STD
+    mean = total / n
+    std = max(math.sqrt(max(squares / n - mean * mean, 0.0)), 1e-3)
+    return (round(mean, 4),) * 3, (round(std, 4),) * 3
 
 
 def item_labels(dataset) -> list[int]:
