@@ -359,29 +359,24 @@ def build_parser() -> argparse.ArgumentParser:
                        else "config overrides, before or after the flags")
         p.set_defaults(func=cmd_train, kind=TRAINING)
 
-    takes = [t for t in TASKS.values() if t.evaluate]
-    p = sub.add_parser("eval", help="score a finished run: " + ", ".join(f"{t.name}" for t in takes) +
-                                    " (the run.json of the folder says which)")
-    p.add_argument("run", help="a run folder or a model folder in it (" +
-                   ", ".join(f"{t.name}: {'/ '.join(t.model_folders)}/" for t in takes if t.model_folders) + ")")
-    p.add_argument("--out", help="output folder (default: a folder in the run named after the data); a folder "
-                                 "hieralab did not write is refused unless --overwrite")
-    p.add_argument("--overwrite", action="store_true", help="move an existing --out aside (nothing is deleted)")
-    for flag in _union(f for t in takes for f in t.evaluate.flags):
-        flag.add_to(p)
-    p.set_defaults(func=cmd_eval)
-
-    takes = [t for t in TASKS.values() if t.predict]
-    p = sub.add_parser("predict", help="predictions of a finished run on new images, files or folders: " +
-                                       ", ".join(t.name for t in takes))
-    p.add_argument("images", nargs="+", help="image files and / or folders of images")
-    p.add_argument("--checkpoint", required=True, help="a run folder or a model folder in it")
-    p.add_argument("--out", help="the folder for the predictions (default: <run>/predict-<inputs>); a folder "
-                                 "hieralab did not write is refused unless --overwrite")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --csv, move an existing --out aside")
-    for flag in _union(f for t in takes for f in t.predict.flags):
-        flag.add_to(p)
-    p.set_defaults(func=cmd_predict)
+    for action, func in (("evaluate", cmd_eval), ("predict", cmd_predict)):  # from the tasks that declare them
+        takes = [t for t in TASKS.values() if getattr(t, action)]
+        names = ", ".join(t.name for t in takes)
+        if action == "evaluate":
+            p = sub.add_parser("eval", help=f"score a finished run: {names} (the run.json of the folder says which)")
+            p.add_argument("run", help="a run folder or a model folder in it (" + ", ".join(
+                f"{t.name}: {'/ '.join(t.model_folders)}/" for t in takes if t.model_folders) + ")")
+        else:
+            p = sub.add_parser("predict", help=f"predictions of a finished run on new inputs, files or folders: {names}")
+            p.add_argument("images", nargs="+", help="input files and / or folders")
+            p.add_argument("--checkpoint", required=True, help="a run folder or a model folder in it")
+        p.add_argument("--out", help="output folder (default: a folder in the run named after the inputs); a folder "
+                                     "hieralab did not write is refused unless --overwrite")
+        p.add_argument("--overwrite", action="store_true",
+                       help="move an existing --out aside (nothing is deleted); replace an existing --csv")
+        for flag in _union(f for t in takes for f in getattr(t, action).flags):
+            flag.add_to(p)
+        p.set_defaults(func=func)
 
     p = sub.add_parser("shards", help="write an image folder, a built-in dataset or a clip folder / list as "
                                       "WebDataset tar shards (then data.source='OUT/shard-{000000..N}.tar')")
