@@ -246,8 +246,9 @@ def score(model: ActionDetector, clips: AvaClips, ann: Path, labels: dict[int, s
         "frame_mAP": result["mAP"],
         "AP": {labels[c]: ap for c, ap in result["AP"].items()},
         "AP_by_id": {str(c): ap for c, ap in result["AP"].items()},
-        "scored": {**result["scored"], "keyframes_given": len(clips) + clips.skipped.counts.get(
-            "keyframes of missing videos", 0), "keyframes_read": len(keys),
+        "scored": {**result["scored"], "keyframes_given": len(clips) + sum(
+            n for reason, n in clips.skipped.counts.items() if reason.startswith("keyframes ")),
+            "keyframes_read": len(keys),
             "boxes": "person boxes" if proposals else "ground-truth boxes", "top_k": top_k,
             "data_skipped": clips.skipped.as_dict()},
     }

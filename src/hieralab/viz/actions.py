@@ -45,7 +45,7 @@ def draw_actions(items: Sequence[tuple[torch.Tensor, Sequence[Actor] | None, Seq
     with_truth = any(truth is not None for _, truth, _, _ in items)
     cols = 2 if with_truth else 1
     rows = max(1, len(items))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows + 0.5), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.5 * rows + 0.5), dpi=120, squeeze=False)
     for r, (image, truth, predicted, name) in enumerate(items):
         if with_truth:
             _actors(axes[r][0], image, truth or [])
