@@ -68,6 +68,11 @@ def test_the_library_blocks_run_as_written(tmp_path, monkeypatch):
     torch.save({"model_state": hiera.mae_hiera_base_224().state_dict()}, "mae_hiera_base_224.pth")
     t2t = hieralab.create_model("t2t_vit_14")
     torch.save({"state_dict_ema": t2t.state_dict()}, "81.5_T2T_ViT_14.pth.tar")
+    # the weights a block takes by name, already in the cache (as after `hieralab weights download`)
+    monkeypatch.setenv("HIERALAB_CACHE", str(tmp_path / "cache"))
+    cached = tmp_path / "cache" / "downloads" / "dl.fbaipublicfiles.com" / "hiera" / "hiera_base_224.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(Path("hiera_base_224.pth").read_bytes())
     namespace: dict = {}
     blocks = python_blocks()
     assert len(blocks) >= 4
