@@ -149,6 +149,8 @@ def _check_saved_config(model: nn.Module, folder: Path) -> None:
             _raise_if_different(diff, folder)
             return
         if not isinstance(model, cls):
+            if getattr(model, "takes_weights_of", lambda _: False)(cls):  # HieraDet from a Hiera: its own conversion
+                return  # checks the widths and depth (hieradet.checkpoint_filter_fn)
             raise CheckpointError(f"checkpoint does not fit this model: {folder} holds {name} (a {cls.__name__}), "
                                   f"this is a {type(model).__name__}; create {name} instead, or load it with "
                                   f"hieralab.from_pretrained('{folder}')")

@@ -42,14 +42,16 @@ class DenseBackbone(nn.Module):
     """An encoder's maps through a neck: ``[B, C, H, W] -> OrderedDict`` of pyramid levels (``out_channels``).
 
     A hierarchical encoder (Hiera) gives every stage to the neck; a plain one (ViT, T2T-ViT) its last block, which
-    ViTDet's simple pyramid spreads over four strides. ``neck="auto"`` picks torchvision's FPN or that pyramid.
+    ViTDet's simple pyramid spreads over four strides. ``neck="auto"`` takes the family's own neck when its encoder
+    names one (``default_neck``: SAM 2's ``topdown`` for HieraDet), else torchvision's FPN or that pyramid.
     """
 
     def __init__(self, encoder: nn.Module, *, neck: str = "auto", channels: int = 256):
         super().__init__()
         hierarchical = check_backbone(encoder).hierarchical
         self.body = FeatureMaps(encoder, None if hierarchical else 1)
-        neck = ("fpn" if hierarchical else "simple") if neck == "auto" else neck
+        if neck == "auto":
+            neck = getattr(encoder, "default_neck", None) or ("fpn" if hierarchical else "simple")
         self.single_scale = neck == "simple"
         if neck not in NECKS:
             raise ValueError(f"neck must be 'auto' or one of {', '.join(NECKS)}, got {neck!r}")

@@ -43,7 +43,7 @@ from . import registry
 from .base import PretrainedMixin, take_indices
 from .checkpoint import adapt_state_dict
 from .convert import read_state_dict, to_hieralab_keys, unwrap_state_dict
-from .hiera import LayerScale
+from .hiera import Hiera, LayerScale
 from .layout import pool_level, reroll, unroll
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,7 @@ class HieraDet(PretrainedMixin, nn.Module):
     embed_params = ("patch_embed", "pos_embed")  # pos_embed and pos_embed_window: layer 0 for lr decay
     ndim = 2
     hierarchical = True  # stages at strides 4, 8, 16, 32 (the backbone contract)
+    default_neck = "topdown"  # neck="auto" of Detector / Segmenter: SAM 2's FpnNeck (layers/necks.TopDownNeck)
 
     def __init__(
         self,
@@ -254,6 +255,12 @@ class HieraDet(PretrainedMixin, nn.Module):
         self.num_classes = num_classes
         self.config["num_classes"] = num_classes
         self.head.projection = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    @staticmethod
+    def takes_weights_of(cls: type) -> bool:
+        """Whether a ``save_pretrained`` folder of another class loads into this one (``load_checkpoint`` asks):
+        an image Hiera or its MAE, converted by :func:`hiera_to_hieradet` (how SAM 2 started its trunk)."""
+        return issubclass(cls, Hiera) or issubclass(getattr(cls, "encoder_class", type(None)), Hiera)
 
     def convert_checkpoint(self, sd: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
         """Any supported layout to this model's keys (``load_checkpoint`` calls it; :func:`checkpoint_filter_fn`)."""

@@ -20,3 +20,14 @@ SAM2 = {  # embed_dim, num_heads, blocks per stage, global-attention blocks, win
 
 for size, arch in SAM2.items():
     register(f"sam2_hiera_{size}", HieraDet, **arch, num_classes=0)
+
+# The demo's small HieraDet: hiera_mini_32 (models/hiera_configs.py) in SAM 2's layout, so that an MAE of
+# mae_hiera_mini_32 initialises it through hiera_to_hieradet (how SAM 2 started from MAE Hiera). Same widths, heads
+# and stages (64 / 128 / 256, 2 / 4 / 8 heads, blocks 1, 2, 2, two q-pools); 2 px patches, 16x16 tokens at 32 px.
+# Hiera's 4x4-token mask units are the windows of stage 1 (then 2x2 after the pool, with the same one-block lag),
+# and its global stage is global_att_blocks=(4,) (block 3 still attends in stage 2's windows, as Hiera's lag does);
+# the background table is Hiera's 16x16 grid, so the conversion copies it exactly (window table zero) and the
+# converted model computes Hiera's outputs at 32 px.
+MINI_32 = dict(embed_dim=64, num_heads=2, stages=(1, 2, 2), q_pool=2, window_spec=(4, 2, 4), global_att_blocks=(4,),
+               global_pos_size=(16, 16), patch_kernel=(3, 3), patch_stride=(2, 2), patch_padding=(1, 1))
+register("sam2_hiera_mini_32", HieraDet, **MINI_32, num_classes=10)
