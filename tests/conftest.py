@@ -11,8 +11,7 @@ warnings.filterwarnings("ignore", message="Importing from timm.models.layers is 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 # Nothing in the tests reaches outside this machine: downloads by name use the cache only unless a test (the
 # loopback server of test_weights.py) turns them back on.
-os.environ.setdefault("HIERALAB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HIERALAB_OFFLINE", "1")  # (not HF_HUB_OFFLINE: huggingface_hub reads it once, at import)
 
 
 def pytest_sessionstart(session):
