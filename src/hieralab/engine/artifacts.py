@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,21 +45,27 @@ def eval_folder_name(source: str, split: str, views: tuple[int, int] | None = No
     return name + (f"-views{views[0]}x{views[1]}" if views and views != (1, 1) else "")
 
 
-def image_files(inputs: list[str]) -> list[Path]:
-    """Image files named directly or found in folders (recursively, in sorted order); a missing path is an
-    error naming it."""
+def input_files(inputs: Sequence[str], wanted: Callable[[Path], bool] = is_image_file, *, what: str = "image files",
+                recursive: bool = True) -> list[Path]:
+    """The ``wanted`` files named directly or found in folders (recursively unless told, in sorted order): what
+    ``predict`` reads; a missing path is an error naming it, and so is finding nothing."""
     found: list[Path] = []
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if is_image_file(p))
+            found += sorted(p for p in (path.rglob("*") if recursive else path.iterdir()) if p.is_file() and wanted(p))
         elif path.is_file():
             found.append(path)
         else:
             raise FileNotFoundError(f"{item}: no such file or folder")
     if not found:
-        raise DataError(f"no image files in {', '.join(inputs)}")
+        raise DataError(f"no {what} in {', '.join(map(str, inputs))}")
     return found
+
+
+def image_files(inputs: Sequence[str]) -> list[Path]:
+    """The image files of ``inputs`` (:func:`input_files`)."""
+    return input_files(inputs)
 
 
 def resolve_weights(init: str | Path) -> Path:

@@ -9,6 +9,7 @@ import functools
 import inspect
 import os
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -118,3 +119,16 @@ class PretrainedMixin:
         if param_name.startswith("blocks."):
             return int(param_name.split(".")[1]) + 1
         return len(self.blocks) + 1
+
+
+def run_stages(model: nn.Module, x: torch.Tensor, stages: Sequence[int] | None = None):
+    """A hierarchical model's blocks up to the last stage asked for (all: ``None``), yielding ``(stage index,
+    output)`` at each requested stage's end (``model.stage_ends``; each block through ``model.run_block``, which
+    checkpoints activations when asked). Hiera and HieraDet share it."""
+    last = max(stages) if stages is not None else len(model.stage_ends) - 1
+    for i, block in enumerate(model.blocks[: model.stage_ends[last] + 1]):
+        x = model.run_block(block, x)
+        if i in model.stage_ends:
+            s = model.stage_ends.index(i)
+            if stages is None or s in stages:
+                yield s, x

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..layers import ClassifierHead, DropPath, MaskUnitAttention, Mlp, PatchEmbed
 from ..layers import pos_embed as pe
-from .base import PretrainedMixin, take_indices
+from .base import PretrainedMixin, run_stages, take_indices
 from .layout import gather_units, pool_level, reroll, traced, units_to_windows, unroll
 
 log = logging.getLogger(__name__)
@@ -309,13 +309,7 @@ class Hiera(PretrainedMixin, nn.Module):
 
     def _stages(self, x: torch.Tensor, stages: Sequence[int] | None = None):
         """Run the blocks, yielding ``(stage index, tokens [B, #MU, L, C])`` at each requested stage end."""
-        last = max(stages) if stages is not None else len(self.stage_ends) - 1
-        for i, block in enumerate(self.blocks[: self.stage_ends[last] + 1]):
-            x = self.run_block(block, x)
-            if i in self.stage_ends:
-                s = self.stage_ends.index(i)
-                if stages is None or s in stages:
-                    yield s, x
+        return run_stages(self, x, stages)
 
     def _to_map(self, x: torch.Tensor, stage: int, num_units: Sequence[int], masked: bool) -> torch.Tensor:
         """Tokens of a stage to its map: ``[B, *G_s, C]``, or ``[B, #visible, *mu_s, C]`` for a masked forward."""

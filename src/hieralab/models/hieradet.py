@@ -40,7 +40,7 @@ from ..errors import CheckpointError
 from ..layers import ClassifierHead, DropPath, MaskUnitAttention, Mlp, PatchEmbed
 from ..layers import pos_embed as pe
 from . import registry
-from .base import PretrainedMixin, take_indices
+from .base import PretrainedMixin, run_stages, take_indices
 from .checkpoint import adapt_state_dict
 from .convert import read_state_dict, to_hieralab_keys, unwrap_state_dict
 from .hiera import Hiera, LayerScale
@@ -299,13 +299,7 @@ class HieraDet(PretrainedMixin, nn.Module):
 
     def _stages(self, x: torch.Tensor, stages: Sequence[int] | None = None):
         """Run the blocks, yielding ``(stage index, map [B, H_s, W_s, C_s])`` at each requested stage end."""
-        last = max(stages) if stages is not None else len(self.stage_ends) - 1
-        for i, block in enumerate(self.blocks[: self.stage_ends[last] + 1]):
-            x = self.run_block(block, x)
-            if i in self.stage_ends:
-                s = self.stage_ends.index(i)
-                if stages is None or s in stages:
-                    yield s, x
+        return run_stages(self, x, stages)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Last-stage features before the norm, channels last: ``[B, H / 32, W / 32, C]``."""

@@ -32,7 +32,7 @@ from ..data.geometry import Geometry
 from ..data.images import IMAGENET_MEAN, IMAGENET_STD, Unreadable, drop_unreadable
 from ..data.video import VIDEO_EXTENSIONS, decode_frames, video_frame_count
 from ..engine import encoder
-from ..engine.artifacts import check_model, data_tag
+from ..engine.artifacts import check_model, data_tag, input_files
 from ..engine.dense import load_dense_model, save_dense_model
 from ..engine.task import Action, Flag, Task
 from ..engine.trainer import Curve, Trainer, optim_job
@@ -454,18 +454,8 @@ class NamedVideos:
 
 def video_files(inputs: Sequence[str]) -> list[Path]:
     """The video files among ``inputs`` (files, and folders of videos)."""
-    out: list[Path] = []
-    for name in inputs:
-        path = Path(name).expanduser()
-        if path.is_dir():
-            out += sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
-        elif path.is_file():
-            out.append(path)
-        else:
-            raise FileNotFoundError(f"{path}: no such video or folder")
-    if not out:
-        raise DataError(f"no videos ({', '.join(VIDEO_EXTENSIONS)}) in {', '.join(inputs)}")
-    return out
+    return input_files(inputs, lambda p: p.suffix.lower() in VIDEO_EXTENSIONS,
+                       what=f"videos ({', '.join(VIDEO_EXTENSIONS)})", recursive=False)
 
 
 @torch.no_grad()
