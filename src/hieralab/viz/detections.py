@@ -78,10 +78,10 @@ def draw_detections(items: list[tuple[torch.Tensor, dict[str, Any] | None, dict[
         masks = det["masks"][keep, 0] if "masks" in det else None
         _instances(pr_ax, image, det["boxes"][keep], det["labels"][keep], masks, det["scores"][keep], classes,
                    faint=faint)
-        label = f"{names[n]}: " if names else ""
-        shown = (f"none at score >= {threshold:g}; the top {int(keep.sum())}, faint" if faint else
+        label = f"{names[n]}\n" if names else ""
+        shown = (f"none at >= {threshold:g}: the top {int(keep.sum())}, faint" if faint else
                  f"{int(keep.sum())} at score >= {threshold:g}")
-        pr_ax.set_title(f"{label}predicted ({shown})", fontsize=7)
+        pr_ax.set_title(f"{label}predicted ({shown})", fontsize=6.5)
     handles = [Patch(color=PALETTE[k % len(PALETTE)], label=c) for k, c in enumerate(classes)]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(classes), 6), fontsize=7)
     fig.suptitle(title, fontsize=9)
