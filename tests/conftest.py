@@ -105,3 +105,24 @@ def losses(run_dir: Path) -> list[tuple[int, float]]:
     from hieralab.files import read_csv
 
     return [(int(r["step"]), float(r["loss"])) for r in read_csv(run_dir / "log.csv")[1]]
+
+
+def write_clip(path: Path, frames: int = 24, size: tuple[int, int] = (40, 48), phase: int = 0) -> Path:
+    """A clip whose frame i has brightness 8 * i (so a decoded frame tells its index) and a bar that moves."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.height, stream.width = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"qscale": "2"}
+        for i in range(frames):
+            img = torch.full((*size, 3), 8 * i + 20, dtype=torch.uint8)
+            x = (4 * i + phase) % (size[1] - 6)
+            img[:, x:x + 6] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img.numpy(), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path

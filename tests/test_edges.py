@@ -242,12 +242,11 @@ def test_coco_file_of_the_wrong_structure_is_one_line(tmp_path, change, words):
 
 # ---------------------------------------------------------------- shards (case 3)
 def _mixed_folder(root: Path) -> Path:
-    import shutil
 
-    from conftest import MEDIA, draw_images
+    from conftest import draw_images, write_clip
 
     draw_images(root, n=6)  # boxes/ and circles/
-    shutil.copy(MEDIA / "dog.mp4", root / "boxes" / "dog.mp4")
+    write_clip(root / "boxes" / "dog.mp4")
     return root
 
 
@@ -283,13 +282,13 @@ def test_shards_refuse_an_output_folder_inside_the_source(tmp_path, inside):
 def test_shards_of_a_clip_list_naming_a_file_without_an_extension_is_one_line(tmp_path, caplog):
     import shutil
 
-    from conftest import MEDIA
+    from conftest import write_clip
 
     from hieralab.data.shards import shard_source
     from hieralab.errors import DataError
 
-    shutil.copy(MEDIA / "dog.mp4", tmp_path / "dog.mp4")
-    shutil.copy(MEDIA / "dog.mp4", tmp_path / "dog")
+    write_clip(tmp_path / "dog.mp4")
+    shutil.copy(tmp_path / "dog.mp4", tmp_path / "dog")
     listing = tmp_path / "clips.csv"
     listing.write_text("dog.mp4,0\ndog,1\n")  # was an IndexError inside webdataset's TarWriter
     with pytest.raises(DataError) as e:

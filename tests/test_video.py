@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import MEDIA, VIDEO_MAE_TINY
+from conftest import MEDIA, VIDEO_MAE_TINY, write_clip
 from hieralab.cli import main
 from hieralab.data.images import Unreadable
 from hieralab.engine.artifacts import eval_folder_name
@@ -19,25 +19,6 @@ from hieralab.data.video import (VideoClips, clip_indices, decode_frames, read_c
                                  video_eval_views, video_frame_count, video_train_transform)
 
 av = pytest.importorskip("av")
-
-
-def write_clip(path: Path, frames: int = 24, size: tuple[int, int] = (40, 48), phase: int = 0) -> Path:
-    """A clip whose frame i has brightness 8 * i (so a decoded frame tells its index) and a bar that moves."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("mpeg4", rate=10)
-        stream.height, stream.width = size
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"qscale": "2"}
-        for i in range(frames):
-            img = torch.full((*size, 3), 8 * i + 20, dtype=torch.uint8)
-            x = (4 * i + phase) % (size[1] - 6)
-            img[:, x:x + 6] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img.numpy(), format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
 
 
 @pytest.fixture(scope="module")
