@@ -93,11 +93,12 @@ class EncoderStart:
         weights read."""
         return create_model(self.name, **{**self.args, **extra})
 
-    def load(self, model: nn.Module) -> list[str]:
-        """Load ``init`` into ``model`` (when there is one); returns the model's tensors it did not have."""
+    def load(self, model: nn.Module, *, via: Any = None) -> list[str]:
+        """Load ``init`` into ``model`` (when there is one) with ``load_checkpoint``, or ``via(init)`` (a dense
+        model's ``load_encoder``); returns the model's tensors it did not have."""
         if self.init is None:
             return []
-        missing = load_checkpoint(model, self.init)
+        missing = via(self.init) if via is not None else load_checkpoint(model, self.init)
         log.info("encoder from %s (%d of its tensors not in it: %s)", self.init, len(missing), ", ".join(missing[:4]))
         return missing
 
@@ -110,10 +111,7 @@ class EncoderStart:
     def load_into(self, model: nn.Module) -> None:
         """Load ``init`` into the encoder of a model that holds one (a detector, a segmenter:
         ``model.load_encoder``)."""
-        if self.init is not None:
-            missing = model.load_encoder(self.init)
-            log.info("encoder from %s (%d of its tensors not in it: %s)", self.init, len(missing),
-                     ", ".join(missing[:4]))
+        self.load(model, via=model.load_encoder)
 
 
 def plan(name: str, model_args: dict[str, Any], init: str | Path | None, *, data_channels: int, source: str,
@@ -152,9 +150,8 @@ def frozen_encoder(name: str, init: str | Path | None = None, **model_args: Any)
         raise ValueError(f"{name} is an MAE model; name its encoder ({name.removeprefix('mae_')}) and pass the "
                          "pretrain run as init")
     weights = resolve_weights(init) if init else None
-    explicit = model_args.pop("in_chans", None)
-    channels = explicit if explicit is not None else weights_channels(name, weights)
-    start = EncoderStart(name=name, args={**(saved_arguments(weights, name) if weights else {}), **model_args,
-                                          **({"in_chans": channels} if channels else {})},
-                         init=weights, data_channels=channels or 3)
+    # no data to follow: the channels asked for, else the weights', else the registered ones (the one rule of plan)
+    channels = (model_args.get("in_chans") or weights_channels(name, weights)
+                or registry.model_config(name).get("in_chans", 3))
+    start = plan(name, model_args, weights, data_channels=channels, source=name)
     return start.build(num_classes=0).eval().requires_grad_(False)
