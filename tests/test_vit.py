@@ -19,6 +19,10 @@ TOL = 1e-5
 TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=3, num_heads=2, num_classes=10)
 
 
+# The image ViTs (MAE-ST's video ViTs, ``vit_*_video``, have their own tests: tests/test_vit_video.py).
+IMAGE_VITS = [n for n in hieralab.list_models("vit_*") if not n.endswith("_video")]
+
+
 def toy(name: str, **kw) -> VisionTransformer:
     """A registered variant at depth 1, width 64 and a 2x2 token grid (its own patch size)."""
     patch = hieralab.model_config(name)["patch_size"]
@@ -34,7 +38,7 @@ def tiny_pair(seed: int = 0, **kw) -> tuple[torch.nn.Module, VisionTransformer]:
 
 
 # ---------------------------------------------------------------- parity with timm
-@pytest.mark.parametrize("name", [n for n in hieralab.list_models("vit_*") if "_patch4_32" not in n])  # timm's
+@pytest.mark.parametrize("name", [n for n in IMAGE_VITS if "_patch4_32" not in n])  # timm's
 def test_state_dict_matches_timm(name):
     with torch.device("meta"):
         ref = timm.create_model(name, pretrained=False, num_classes=1000)
@@ -202,7 +206,7 @@ def test_embed_encode_split():
 
 # ---------------------------------------------------------------- every registered name, at a toy size
 @pytest.mark.parametrize("global_pool", ["token", "avg"])
-@pytest.mark.parametrize("name", hieralab.list_models("vit_*"))
+@pytest.mark.parametrize("name", IMAGE_VITS)
 def test_every_model_runs_and_trains(name, global_pool):
     model = toy(name, global_pool=global_pool, drop_path_rate=0.1, head_dropout=0.1).train()
     x = torch.randn(2, 3, *(2 * model.patch_size,) * 2)
@@ -219,7 +223,7 @@ def test_registry_sizes():
                 "vit_base_patch16_224": (768, 12, 12, 16), "vit_large_patch16_224": (1024, 24, 16, 16),
                 "vit_huge_patch14_224": (1280, 32, 16, 14), "vit_mini_patch4_32": (128, 6, 4, 4),
                 "vit_micro_patch4_32": (64, 4, 4, 4)}
-    assert hieralab.list_models("vit_*") == sorted(expected)
+    assert IMAGE_VITS == sorted(expected)
     for name, (dim, depth, heads, patch) in expected.items():
         cfg = hieralab.model_config(name)
         assert (cfg["embed_dim"], cfg["depth"], cfg["num_heads"], cfg["patch_size"]) == (dim, depth, heads, patch)

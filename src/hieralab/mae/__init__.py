@@ -5,5 +5,7 @@ from .hiera_mae import MaskedAutoencoderHiera
 from .masking import keep_count, random_visible
 from .output import MAEOutput
 from .vit_mae import MaskedAutoencoderViT
+from .vit_video_mae import MaskedAutoencoderVideoViT
 
-__all__ = ["MAEOutput", "MaskedAutoencoderHiera", "MaskedAutoencoderViT", "keep_count", "random_visible"]
+__all__ = ["MAEOutput", "MaskedAutoencoderHiera", "MaskedAutoencoderVideoViT", "MaskedAutoencoderViT", "keep_count",
+           "random_visible"]

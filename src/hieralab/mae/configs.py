@@ -1,5 +1,5 @@
 """MAE models as data: every official Hiera size (``mae_hiera_*``, q_pool 2 as the official factories) and the
-plain-ViT MAE sizes."""
+plain-ViT MAE sizes, image and video (MAE-ST)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from ..models import vit_configs as _vit_configs  # noqa: F401  (the ViT sizes t
 from ..models.registry import model_config, register
 from .hiera_mae import MaskedAutoencoderHiera
 from .vit_mae import MaskedAutoencoderViT
+from .vit_video_mae import MaskedAutoencoderVideoViT
 
 for size, arch in SIZES.items():
     register(f"mae_hiera_{size}_224", MaskedAutoencoderHiera, **arch, q_pool=2, mask_ratio=0.6)
@@ -28,3 +29,11 @@ register("mae_vit_mini_patch4_32", MaskedAutoencoderViT, **model_config("vit_min
          decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4)
 register("mae_vit_micro_patch4_32", MaskedAutoencoderViT, **model_config("vit_micro_patch4_32"), mask_ratio=0.75,
          decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4)
+
+# MAE-ST (Feichtenhofer et al. 2022) on the video ViTs at 16 x 224: 90 % of the tubelet tokens hidden, decoder 512-d x
+# 4 blocks x 16 heads (PRETRAIN.md's recipe), 8 predicted frames (one per 2-frame token).
+for size in ("base", "large", "huge"):
+    register(f"mae_vit_{size}_patch16_video", MaskedAutoencoderVideoViT, **model_config(f"vit_{size}_patch16_video"),
+             mask_ratio=0.9, decoder_embed_dim=512, decoder_depth=4, decoder_num_heads=16, pred_t_dim=8)
+register("mae_vit_mini_patch4_video", MaskedAutoencoderVideoViT, **model_config("vit_mini_patch4_video"),
+         mask_ratio=0.9, decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4, pred_t_dim=4)

@@ -68,3 +68,30 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, visible_patches: torch.
     per_patch = (pred - target).pow(2).mean(dim=-1)  # [B, N]
     hidden = (~visible_patches).to(per_patch.dtype)
     return (per_patch * hidden).sum() / hidden.sum().clamp_min(1)
+
+
+def sample_frames(x: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` frames of ``[B, C, T, H, W]`` at ``linspace(0, T - 1, count)`` truncated to integers: MAE-ST's
+    prediction frames (``pred_t_dim``; 16 -> 8 takes 0, 2, .., 12 and 15, not 14: kept for checkpoint parity)."""
+    index = torch.linspace(0, x.shape[2] - 1, count).long().to(x.device)
+    return x.index_select(2, index)  # [B, C, count, H, W]
+
+
+def patchify_tubes(x: torch.Tensor, patch: int, tube: int) -> torch.Tensor:
+    """``[B, C, T, H, W]`` to ``[B, (T/tube)*(H/patch)*(W/patch), tube*patch*patch*C]``: tokens in (t, h, w) raster
+    order, each vector in (u, p, q, c) order, as MAE-ST's ``patchify``."""
+    B, C, T, H, W = x.shape
+    if T % tube or H % patch or W % patch:
+        raise ValueError(f"clip size {(T, H, W)} is not a multiple of the prediction tubelet {(tube, patch, patch)}")
+    x = x.reshape(B, C, T // tube, tube, H // patch, patch, W // patch, patch)  # [B, C, t, u, h, p, w, q]
+    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # [B, t, h, w, u, p, q, C]
+    return x.reshape(B, (T // tube) * (H // patch) * (W // patch), -1)
+
+
+def unpatchify_tubes(patches: torch.Tensor, patch: int, tube: int, grid: Sequence[int]) -> torch.Tensor:
+    """The inverse of :func:`patchify_tubes`: ``[B, t*h*w, tube*patch*patch*C]`` to ``[B, C, t*tube, H, W]``."""
+    t, h, w = grid
+    B, _, P = patches.shape
+    C = P // (tube * patch * patch)
+    x = patches.reshape(B, t, h, w, tube, patch, patch, C).permute(0, 7, 1, 4, 2, 5, 3, 6)  # [B, C, t, u, h, p, w, q]
+    return x.reshape(B, C, t * tube, h * patch, w * patch)

@@ -35,6 +35,9 @@ def feature_stages(feature: str, num_stages: int) -> list[int]:
         raise ValueError(f"feature must be one of {', '.join(FEATURES)}, got {feature!r}")
     stage = int(feature.removeprefix("stage")) - 1
     if stage >= num_stages:
+        if num_stages == 1:
+            raise ValueError(f"feature={feature!r}: the encoder is a plain ViT with one map (its last block's): pass "
+                             "feature=stage1")
         raise ValueError(f"feature={feature!r}: the encoder has {num_stages} stages (stage1..stage{num_stages})")
     return [stage]
 
@@ -61,8 +64,8 @@ class ActionDetector(DenseModel):
     """A video encoder (``encoder`` by name, ``encoder_args``) and an RoI head: ``forward(clips [B, C, T, H, W],
     boxes: list of B [N_i, 4] in pixels (x1, y1, x2, y2)) -> logits [sum N_i, num_classes]``, the boxes' rows in
     order (clip 0's first). ``feature``: the stage whose map is pooled (``"stageN"``, 1-based), or ``"fuse"``: the
-    last two stages, each pooled at its own stride, concatenated. ``roi_size``: RoIAlign's cells a side (SlowFast:
-    7)."""
+    last two stages, each pooled at its own stride, concatenated; a plain (video) ViT has one map, ``"stage1"``.
+    ``roi_size``: RoIAlign's cells a side (SlowFast: 7)."""
 
     def __init__(
         self,
@@ -80,7 +83,10 @@ class ActionDetector(DenseModel):
             raise ValueError(f"encoder={encoder!r} takes images; action detection needs a video encoder "
                              "(hieralab list '*x*')")
         info = list(self.body.feature_info)
-        self.stages = feature_stages(feature, len(info))
+        # The levels to choose from, by the backbone contract: a hierarchical encoder's stages, or a plain one's single
+        # map, its last block (as the dense tasks take it; MAE-ST's and VideoMAE's AVA heads pool that one too).
+        levels = list(range(len(info))) if self.body.hierarchical else [len(info) - 1]
+        self.stages = [levels[s] for s in feature_stages(feature, len(levels))]
         self.strides = [int(info[s]["reduction"]) for s in self.stages]
         width = sum(int(info[s]["num_chs"]) for s in self.stages)
         self.roi_size = roi_size

@@ -180,7 +180,8 @@ def load_checkpoint(model: nn.Module, path_or_state: str | os.PathLike | Mapping
             _check_saved_config(model, folder)
         sd = read_state_dict(folder)
     if getattr(model, "is_mae", False):
-        sd = to_mae_keys(sd)
+        own_filter = getattr(model, "convert_checkpoint", None)  # a family's own MAE layout (MAE-ST's video ViT)
+        sd = own_filter(sd)[1] if own_filter is not None else to_mae_keys(sd)
         missing = [k for k in model.state_dict() if k not in sd]
         unknown = [k for k in sd if k not in model.state_dict()]
         if missing or unknown:

@@ -16,6 +16,7 @@ Choices, on purpose:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,8 +40,10 @@ def _pair(x: int | Sequence[int]) -> tuple[int, int]:
 
 class ViTBackbone(PretrainedMixin, nn.Module):
     """What every ViT here shares after its tokenizer: a class token, an absolute position table ``[1, 1 + N, C]``
-    (class row first), pre-norm blocks, a final norm and a head. Subclasses build the tokenizer and define
-    :meth:`token_grid` (checks the input, returns ``(H', W')``) and :meth:`tokenize` (pixels -> ``[B, H', W', C]``).
+    (class row first; or, ``pos_embed="separate"``, MAE-ST's space and time tables and a class row), pre-norm
+    blocks, a final norm and a head. Subclasses build the tokenizer and define :meth:`token_grid` (checks the input,
+    returns the token grid ``G``: ``(H', W')``, or ``(T', H', W')`` for clips) and :meth:`tokenize` (pixels ->
+    ``[B, *G, C]``).
 
     ``forward_features`` returns ``[B, 1 + N, C]`` (class token first); ``forward_head`` pools it with the class
     token (``global_pool="token"``, after the final ``norm``) or the mean of the patch tokens (``"avg"``, then
@@ -52,7 +55,7 @@ class ViTBackbone(PretrainedMixin, nn.Module):
     def __init__(
         self,
         *,
-        grid_size: tuple[int, int],
+        grid_size: tuple[int, ...],
         in_chans: int,
         num_classes: int,
         embed_dim: int,
@@ -68,9 +71,11 @@ class ViTBackbone(PretrainedMixin, nn.Module):
         norm_eps: float,
     ):
         super().__init__()
-        if pos_embed not in ("sincos", "sinusoid", "learned"):
-            raise ValueError(f"pos_embed must be 'sincos' (fixed 2-D, MAE), 'sinusoid' (fixed 1-D, T2T-ViT) or "
-                             f"'learned', got {pos_embed!r}")
+        if pos_embed not in ("sincos", "sinusoid", "learned", "separate"):
+            raise ValueError(f"pos_embed must be 'sincos' (fixed 2-D, MAE), 'sinusoid' (fixed 1-D, T2T-ViT), "
+                             f"'learned' or 'separate' (learned space + time tables, MAE-ST), got {pos_embed!r}")
+        if pos_embed == "separate" and len(grid_size) != 3:
+            raise ValueError(f"pos_embed='separate' is for clips (a T x H x W token grid), got grid {grid_size}")
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
         self.in_chans = in_chans
@@ -82,13 +87,17 @@ class ViTBackbone(PretrainedMixin, nn.Module):
         self.global_pool = global_pool
 
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        num_tokens = 1 + grid_size[0] * grid_size[1]
+        num_tokens = 1 + math.prod(grid_size)
         # Fixed tables are frozen Parameters (not buffers) so that state dicts keep the key `pos_embed` of the
         # timm, MAE and T2T-ViT checkpoints; the 2-D one has a zero class row, the 1-D one gives it position 0.
         if pos_embed == "sincos":
             self.pos_embed = nn.Parameter(pe.sincos_2d(embed_dim, grid_size, class_token=True), requires_grad=False)
         elif pos_embed == "sinusoid":
             self.pos_embed = nn.Parameter(pe.sinusoid_table(num_tokens, embed_dim), requires_grad=False)
+        elif pos_embed == "separate":  # MAE-ST's sep_pos_embed with cls_embed: H'*W' + T' + 1 rows, not T'*H'*W' + 1
+            self.pos_embed_spatial = nn.Parameter(torch.zeros(1, grid_size[1] * grid_size[2], embed_dim))
+            self.pos_embed_temporal = nn.Parameter(torch.zeros(1, grid_size[0], embed_dim))
+            self.pos_embed_class = nn.Parameter(torch.zeros(1, 1, embed_dim))
         else:
             self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))
 
@@ -107,9 +116,8 @@ class ViTBackbone(PretrainedMixin, nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token"}
+        return {n for n, _ in self.named_parameters() if n.startswith("pos_embed")} | {"cls_token"}
 
-    ndim = 2  # images [B, C, H, W]
     hierarchical = False  # one map at the patch stride (the backbone contract)
 
     @property
@@ -145,7 +153,19 @@ class ViTBackbone(PretrainedMixin, nn.Module):
         return torch.cat([table[:, :1], grid.flatten(1, 2)], dim=1)  # [1, 1 + H0*W0, C]
 
     def adapt_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A checkpoint's position table stored for another input size, resampled to this model's grid."""
+        """A checkpoint's position table stored for another input size, resampled to this model's grid (the space
+        and time tables of a clip model each on its own axes: bicubic in space, linear in time)."""
+        if self.pos_embed_kind == "separate":
+            for key, grid in (("pos_embed_spatial", self.grid_size[1:]), ("pos_embed_temporal", self.grid_size[:1])):
+                v, own = sd.get(key), getattr(self, key)
+                if v is not None and v.dim() == 3 and v.shape != own.shape and v.shape[-1] == own.shape[-1]:
+                    side = round(v.shape[1] ** 0.5)
+                    if key == "pos_embed_spatial" and side * side != v.shape[1]:
+                        raise ValueError(f"{key} {tuple(v.shape)} is not a square grid [1, n*n, C]")
+                    stored = v.view(1, side, side, v.shape[-1]) if key == "pos_embed_spatial" else v
+                    sd[key] = pe.resample_grid(stored, grid).reshape(own.shape)
+                    log.info("checkpoint: resampled %s to %s", key, tuple(grid))
+            return sd
         pos = sd.get("pos_embed")
         if pos is not None and pos.shape != self.pos_embed.shape and pos.shape[-1] == self.pos_embed.shape[-1]:
             sd["pos_embed"] = self.adapt_pos_embed(pos)
@@ -153,30 +173,38 @@ class ViTBackbone(PretrainedMixin, nn.Module):
         return sd
 
     def patch_pos_embed(self, grid: Sequence[int]) -> torch.Tensor:
-        """The patch rows of the position table for a token grid, ``[1, H', W', C]`` (resampled if not stored)."""
+        """The patch rows of the position table for a token grid, ``[1, *G, C]`` (resampled if not stored)."""
+        if self.pos_embed_kind == "separate":  # row t*H'*W' + s is spatial[s] + temporal[t], as MAE-ST's repeats
+            return pe.separate(self.pos_embed_spatial, self.pos_embed_temporal, self.grid_size, grid)  # [1, *G, C]
         C = self.pos_embed.shape[-1]
         table = self.pos_embed[:, 1:].reshape(1, *self.grid_size, C)  # [1, H0, W0, C]
         return pe.resample_grid(table, grid)  # [1, H', W', C]
 
-    def token_grid(self, x: torch.Tensor) -> tuple[int, int]:
-        """Check ``x`` and return its token grid ``(H', W')``; raises a one-line error that says which sizes work."""
+    def token_grid(self, x: torch.Tensor) -> tuple[int, ...]:
+        """Check ``x`` and return its token grid ``G`` (``(H', W')``, clips ``(T', H', W')``); raises a one-line
+        error that says which sizes work."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{type(self).__name__} expects a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 4:
-            raise ValueError(f"this model takes [B, C, H, W] images; got a {x.dim()}-D tensor of shape "
-                             f"{tuple(x.shape)}")
+        if x.dim() != self.ndim + 2:
+            kind = "[B, C, H, W] images" if self.ndim == 2 else "[B, C, T, H, W] clips"
+            raise ValueError(f"this model takes {kind}; got a {x.dim()}-D tensor of shape {tuple(x.shape)}")
         if x.shape[1] != self.in_chans:
             raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}); "
                              f"convert the input or build the model with in_chans={x.shape[1]}")
         return self.grid_for(tuple(x.shape[2:]))
 
-    def grid_for(self, size: tuple[int, int]) -> tuple[int, int]:
-        """The token grid of an ``(H, W)`` input, or a one-line error naming the sizes that work."""
+    def grid_for(self, size: tuple[int, ...]) -> tuple[int, ...]:
+        """The token grid of an ``(H, W)`` (clips: ``(T, H, W)``) input, or a one-line error naming the sizes that
+        work."""
         raise NotImplementedError
 
     def tokenize(self, x: torch.Tensor) -> torch.Tensor:
-        """Pixels ``[B, C_in, H, W]`` to tokens ``[B, H', W', C]`` (no position embedding)."""
+        """Pixels ``[B, C_in, *S]`` to tokens ``[B, *G, C]`` (no position embedding)."""
         raise NotImplementedError
+
+    def class_pos_embed(self) -> torch.Tensor:
+        """The class token's position row ``[1, 1, C]``."""
+        return self.pos_embed_class if self.pos_embed_kind == "separate" else self.pos_embed[:, :1]
 
     def _init_linears_and_norms(self, init_weight) -> None:
         """``init_weight`` on every Linear weight, zero Linear biases, unit LayerNorms."""
@@ -191,17 +219,17 @@ class ViTBackbone(PretrainedMixin, nn.Module):
 
     # ---------------------------------------------------------------- forward
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Pixels ``[B, C_in, H, W]`` to patch tokens plus their position embedding, ``[B, N, C]`` in raster order
-        (``N = H' * W'``). The class token is not added here: :meth:`encode` prepends it."""
+        """Pixels ``[B, C_in, *S]`` to patch tokens plus their position embedding, ``[B, N, C]`` in raster order
+        (``N = prod(G)``, time outermost for clips). The class token is not added here: :meth:`encode` prepends it."""
         grid = self.token_grid(x)
-        x = self.tokenize(x)  # [B, H', W', C]
-        x = x + self.patch_pos_embed(grid)  # [B, H', W', C]
-        return x.flatten(1, 2)  # [B, N, C]
+        x = self.tokenize(x)  # [B, *G, C]
+        x = x + self.patch_pos_embed(grid)  # [B, *G, C]
+        return x.flatten(1, -2)  # [B, N, C]
 
     def _prepend_class_token(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.dim() != 3 or tokens.shape[-1] != self.embed_dim:
             raise ValueError(f"encode takes tokens [B, N, {self.embed_dim}] from embed(), got {tuple(tokens.shape)}")
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)  # [B, 1, C]
+        cls = (self.cls_token + self.class_pos_embed()).expand(tokens.shape[0], -1, -1)  # [B, 1, C]
         return torch.cat([cls, tokens], dim=1)  # [B, 1 + N, C]
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -214,7 +242,7 @@ class ViTBackbone(PretrainedMixin, nn.Module):
         return self.norm(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pixels ``[B, C_in, H, W]`` to tokens ``[B, 1 + N, C]``, class token first."""
+        """Pixels ``[B, C_in, *S]`` to tokens ``[B, 1 + N, C]``, class token first."""
         return self.encode(self.embed(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -243,7 +271,8 @@ class ViTBackbone(PretrainedMixin, nn.Module):
             indices: blocks to return (0-based, negative from the end), or an int ``n`` for the last ``n``; all by
                 default.
             norm: apply the final ``norm`` to every returned map (as timm's ViT; a no-op with ``global_pool="avg"``).
-            output_fmt: ``"NCHW"`` (``[B, C, H', W']``), ``"NHWC"`` or ``"NLC"`` (``[B, N, C]``).
+            output_fmt: ``"NCHW"`` (``[B, C, H', W']``; clips ``[B, C, T', H', W']``), ``"NHWC"`` (channels
+                last) or ``"NLC"`` (``[B, N, C]``).
         Returns:
             the list of maps, or ``(forward_features(x) [B, 1 + N, C], maps)``.
         """
@@ -252,7 +281,7 @@ class ViTBackbone(PretrainedMixin, nn.Module):
         n = len(self.blocks)
         take = take_indices(n, indices, "blocks")
         B = x.shape[0]
-        H, W = self.token_grid(x)
+        grid = self.token_grid(x)
         x = self._prepend_class_token(self.embed(x))  # [B, 1 + N, C]
         found = {}
         for i, block in enumerate(self.blocks[: (max(take) + 1) if intermediates_only else n]):
@@ -260,8 +289,8 @@ class ViTBackbone(PretrainedMixin, nn.Module):
             if i in take:
                 y = (self.norm(x) if norm else x)[:, 1:]  # [B, N, C]
                 if output_fmt != "NLC":
-                    y = y.reshape(B, H, W, -1)  # [B, H', W', C]
-                found[i] = y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y  # [B, C, H', W']
+                    y = y.reshape(B, *grid, -1)  # [B, *G, C]
+                found[i] = y.movedim(-1, 1) if output_fmt == "NCHW" else y  # [B, C, *G]
         maps = [found[i] for i in take]
         return maps if intermediates_only else (self.norm(x), maps)
 
