@@ -277,6 +277,30 @@ def test_pretraining_encoder_loads_into_the_classifier(clip):
             assert torch.equal(exported.state_dict()[k], v), k
 
 
+def test_catalog_weights_load_through_the_conversion(tmp_path, monkeypatch, clip):
+    """MAE-ST's published pretraining files are catalog entries of the video ViTs; a file in MAE-ST's layout given
+    for an entry (served from disk here: nothing downloads) loads through the model's own conversion."""
+    from hieralab import weights
+    from hieralab.weights import catalog
+
+    for size in ("large", "huge"):
+        assert catalog.lookup(f"vit_{size}_patch16_video").url == (
+            f"https://dl.fbaipublicfiles.com/video-mae/pretrain/mae_pretrain_vit_{size}_k400.pth")
+    ref = RefMAE(**TOY, ddim=16, ddepth=2, dheads=2, pred_t_dim=4)
+    sd = random_state(ref, seed=4)
+    torch.save({"model": sd, "epoch": 3}, tmp_path / "mae_st.pth")
+    entry = catalog.register(catalog.Weights("vit_mini_patch4_video", "t_mae_st", "mae", "test data", "MIT",
+                                             url="https://weights.example.org/mae_st.pth", model_args=OURS))
+    try:
+        monkeypatch.setattr(weights, "fetch", lambda e: tmp_path / "mae_st.pth" if e is entry else None)
+        model = hieralab.create_model("vit_mini_patch4_video.t_mae_st", pretrained=True)
+    finally:
+        catalog.unregister(entry.name)
+    assert torch.equal(model.blocks[1].attn.qkv.weight, torch.cat([sd[f"blocks.1.attn.{n}.weight"] for n in "qkv"]))
+    assert torch.equal(model.fc_norm.weight, sd["norm.weight"]) and torch.equal(model.pos_embed_class,
+                                                                                 sd["pos_embed_class"])
+
+
 def test_save_pretrained_round_trip(tmp_path, clip):
     model = hieralab.create_model("vit_mini_patch4_video").eval()
     model.save_pretrained(tmp_path / "m")

@@ -10,6 +10,8 @@ Sources, read from the releases themselves (URLs as their owners publish them):
   (``HieraForImageClassification``), made by ``convert_hiera_to_hf.py`` from the official files.
 - MAE with a plain ViT: facebookresearch/mae README (pre-trained and fine-tuned tables) and its visualisation demo
   (checkpoints with the decoder, trained on raw pixels).
+- MAE-ST's video ViTs: the facebookresearch/mae_st README's pre-trained tables (ViT-L / ViT-H on Kinetics-400 / 600 /
+  700, 90 % masking, 1600 effective epochs, "converted from the PySlowFast codebase"; md5 prefixes only).
 - T2T-ViT: the yitu-opensource/T2T-ViT README's release table.
 - SAM 2 / SAM 2.1 image-encoder trunks: the checkpoints the facebookresearch/sam2 README lists (J&F from that README),
   and timm's ``sam2_hiera_*`` copies of their trunks (``hieradet_sam2.py``).
@@ -175,6 +177,21 @@ def _mae_vit() -> list[Weights]:
     return out
 
 
+_MAE_ST = "https://dl.fbaipublicfiles.com/video-mae/pretrain"
+_MAE_ST_MD5 = {("large", "k400"): "edf3a5", ("huge", "k400"): "3d7f64", ("large", "k600"): "9a9645",
+               ("huge", "k600"): "27495e", ("large", "k700"): "cdbada", ("huge", "k700"): "4c4e3c"}  # the README's
+
+
+def _mae_st() -> list[Weights]:
+    """MAE-ST's pretrained encoders, loaded into the video ViT by its own conversion (q / k / v fused, a decoder in
+    the file dropped, the head left initialised: ``models.vit_video.checkpoint_filter_fn``)."""
+    return [Weights(f"vit_{size}_patch16_video", f"mae_{data}", "mae", f"Kinetics-{data[1:]} (MAE pretraining)", _NC,
+                    url=f"{_MAE_ST}/mae_pretrain_vit_{size}_{data}.pth", default=data == "k400",
+                    note=f"MAE-ST's encoder (90 % masking, 1600 effective epochs; md5 prefix {md5} as its README "
+                         "gives it); head left initialised")
+            for (size, data), md5 in _MAE_ST_MD5.items()]
+
+
 _T2T = "https://github.com/yitu-opensource/T2T-ViT/releases/download/main"
 _T2T_FILES = {  # model: (file, top-1 on IN-1k)
     "t2t_vit_7": ("71.7_T2T_ViT_7.pth.tar", "71.7"), "t2t_vit_10": ("75.2_T2T_ViT_10.pth.tar", "75.2"),
@@ -220,7 +237,7 @@ def _sam2() -> list[Weights]:
 def _build() -> dict[str, Weights]:
     entries = [e for size, (top1, hf) in _IMAGE_SIZES.items() for e in _hiera_image(size, top1, hf)]
     entries += [e for size, top1 in _VIDEO_SIZES.items() for e in _hiera_video(size, top1)]
-    entries += _abswin() + _mae_vit() + _t2t() + _sam2()
+    entries += _abswin() + _mae_vit() + _mae_st() + _t2t() + _sam2()
     return {e.name: e for e in entries}
 
 
