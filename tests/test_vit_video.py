@@ -388,3 +388,26 @@ def test_is_an_action_encoder_through_its_one_map():
         assert model(torch.randn(2, 3, 8, 32, 32), boxes).shape == (3, 4)
     with pytest.raises(ValueError, match="plain ViT with one map.*feature=stage1"):
         ActionDetector(encoder="vit_mini_patch4_video", feature="stage3")
+
+
+# ---------------------------------------------------------------- the commands, end to end at toy size
+@pytest.mark.slow  # about 15 s of CPU (a minute on a loaded machine)
+@pytest.mark.skipif(not (__import__("hieralab.data.fashion_mnist", fromlist=["ROOT"]).ROOT
+                         / "train-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST is not installed")
+def test_pretrain_then_action_through_the_command_line(tmp_path):
+    """``hieralab pretrain model=mae_vit_mini_patch4_video`` on a folder of MP4s, then ``hieralab action`` on the
+    video ViT started from that run's encoder."""
+    from hieralab.cli import main
+    from hieralab.data.fmnist_actions import ensure_actions
+
+    clips = ensure_actions(tmp_path / "clips", train=8, val=4, seed=0)
+    toy = ["model_args.embed_dim=32", "model_args.num_heads=2", "data.img_size=32", "data.num_workers=0",
+           "optim.batch_size=4", "max_steps=2"]
+    assert main(["pretrain", "model=mae_vit_mini_patch4_video", f"data.source={clips / 'videos'}", *toy,
+                 "recon_images=1", f"out_dir={tmp_path / 'mae'}"]) == 0
+    assert (tmp_path / "mae" / "encoder" / "config.json").exists()
+    assert main(["action", "model=vit_mini_patch4_video", "feature=stage1", f"init={tmp_path / 'mae'}",
+                 f"data.actions_root={clips}", "data.actions_train=8", "data.actions_val=4", "pictures=0", *toy,
+                 f"out_dir={tmp_path / 'action'}"]) == 0
+    metrics = (tmp_path / "action" / "metrics.json").read_text()
+    assert '"frame_mAP"' in metrics

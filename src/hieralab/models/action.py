@@ -81,7 +81,7 @@ class ActionDetector(DenseModel):
         self.body = check_backbone(self._encoder(encoder, dict(encoder_args or {})))
         if self.body.ndim != 3:
             raise ValueError(f"encoder={encoder!r} takes images; action detection needs a video encoder "
-                             "(hieralab list '*x*')")
+                             "(hieralab list '*x*', hieralab list '*_video')")
         info = list(self.body.feature_info)
         # The levels to choose from, by the backbone contract: a hierarchical encoder's stages, or a plain one's single
         # map, its last block (as the dense tasks take it; MAE-ST's and VideoMAE's AVA heads pool that one too).
