@@ -50,6 +50,16 @@ import hieralab
 from hieralab import bench as B
 
 warnings.filterwarnings("ignore")
+ABOUT = """\
+`benchmarks/bench_video.py`: `hiera_base_16x224` and `vit_base_patch16_video` (MAE-ST's ViT-B: 2x16x16 tubelets,
+1568 tokens of global attention) at 16 x 224, random weights, fp32, in one process and interleaved rounds
+(inference: a forward under inference mode; training: forward, cross-entropy, backward, fused AdamW). Speeds are
+medians over rounds, the speed ratio the median of per-round ratios. Peak memory is what one call adds to the
+resident set (VmHWM reset before the call; glibc's mmap threshold fixed so the resident set follows the tensors),
+over the weights and AdamW's state. GFLOPs count 2 per multiply-add on the meta device (the papers count
+multiply-adds: Hiera-B 102, ViT-B 180 at 16 x 224). The last column is the achieved forward GFLOP/s over the
+machine's fp32 matmul rate.
+"""
 MODELS = {"Hiera-B (hiera_base_16x224)": "hiera_base_16x224",
           "ViT-B (vit_base_patch16_video)": "vit_base_patch16_video"}
 
@@ -145,7 +155,7 @@ def main() -> None:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".md").write_text("# Video Hiera-B against MAE-ST's video ViT-B\n\n" + text)
+        out.with_suffix(".md").write_text(f"# Video Hiera-B against MAE-ST's video ViT-B\n\n{ABOUT}\n{text}")
         out.with_suffix(".json").write_text(json.dumps(
             {"machine": machine, "matmul_gflops": peak, "load_average": load, "args": vars(args),
              "speedup_hiera_over_vit": speedup, "seconds": seconds, "seconds_per_round": one_round,
