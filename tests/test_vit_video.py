@@ -330,6 +330,10 @@ def test_a_checkpoint_of_another_model_is_refused_in_one_line():
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(vit, {"model": vit_b})
     assert "width 768, depth 12" in one_line(e) and "create vit_base_patch16_video instead" in one_line(e)
+    patch14 = {k: torch.zeros(v.shape) for k, v in meta_state(lambda: RefViT(16, 224, 14, 2, 768, 12, 12, 4)).items()}
+    with pytest.raises(CheckpointError) as e:  # MAE-ST's mae_vit_huge_patch14 factory builds 14 px patches
+        load_checkpoint(vit, {"model": patch14})
+    assert "create vit_base_patch16_video with t_patch_size=2, patch_size=14 instead" in one_line(e)
     with pytest.raises(CheckpointError) as e:  # a classifier's checkpoint is not an MAE's
         load_checkpoint(hieralab.create_model("mae_vit_mini_patch4_video"), vit.state_dict())
     one_line(e)

@@ -28,7 +28,7 @@ from ..layers import Block
 from ..layers import pos_embed as pe
 from ..models.convert import to_mae_keys
 from ..models.layout import gather_units, scatter_units
-from ..models.vit_video import VideoVisionTransformer, fuse_qkv, is_mae_st
+from ..models.vit_video import VideoVisionTransformer, from_mae_st
 from . import targets
 from .base import MAEBase
 
@@ -81,10 +81,7 @@ class MaskedAutoencoderVideoViT(MAEBase):
     def convert_checkpoint(self, sd: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
         """An MAE-ST pretraining checkpoint (or ours) in this model's keys: q / k / v fused in the encoder's and the
         decoder's blocks, MAE-ST's ``norm`` as ``encoder.fc_norm``, the encoder under ``encoder.``."""
-        kind = "MAE-ST" if is_mae_st(sd) else "hieralab"
-        sd = fuse_qkv(sd)
-        if kind == "MAE-ST" and isinstance(self.encoder.fc_norm, nn.LayerNorm):
-            sd = {("fc_norm." + k.removeprefix("norm.") if k.startswith("norm.") else k): v for k, v in sd.items()}
+        kind, sd = from_mae_st(sd, norm_after_pool=isinstance(self.encoder.fc_norm, nn.LayerNorm))
         return kind, to_mae_keys(sd)
 
     # ---------------------------------------------------------------- masks and targets

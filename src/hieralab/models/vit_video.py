@@ -59,6 +59,19 @@ def is_mae_st(sd: Mapping[str, torch.Tensor]) -> bool:
     return any(k.endswith(".attn.q.weight") for k in sd)
 
 
+def from_mae_st(sd: Mapping[str, torch.Tensor], *, norm_after_pool: bool) -> tuple[str, dict[str, torch.Tensor]]:
+    """``(layout name, state dict)``: an MAE-ST checkpoint (fine-tuned, or pretrained with its decoder) with q / k / v
+    fused (:func:`fuse_qkv`) and, for a model that normalises after the pool (``norm_after_pool``: average pooling,
+    as MAE-ST's classifier), its ``norm`` as ``fc_norm`` (MAE-ST applies that one norm to every token in pretraining
+    and to the pooled token in fine-tuning); ours passes through."""
+    if not is_mae_st(sd):
+        return "hieralab", dict(sd)
+    out = fuse_qkv(sd)
+    if norm_after_pool:
+        out = {("fc_norm." + k.removeprefix("norm.") if k.startswith("norm.") else k): v for k, v in out.items()}
+    return "MAE-ST", out
+
+
 def checkpoint_filter_fn(sd: Mapping[str, torch.Tensor], model: VideoVisionTransformer
                          ) -> tuple[str, dict[str, torch.Tensor]]:
     """Any video-ViT checkpoint as ``model``'s keys: ``(layout name, state dict)``.
@@ -69,15 +82,13 @@ def checkpoint_filter_fn(sd: Mapping[str, torch.Tensor], model: VideoVisionTrans
     A checkpoint of another model (an image ViT, a Hiera, another width or depth) is a one-line
     :class:`~hieralab.errors.CheckpointError` naming what it holds and the registered model that fits.
     """
-    kind = "MAE-ST" if is_mae_st(sd) else "hieralab"
-    out = {k.removeprefix("encoder."): v for k, v in fuse_qkv(sd).items()}
+    kind, out = from_mae_st(sd, norm_after_pool=isinstance(model.fc_norm, nn.LayerNorm))
+    out = {k.removeprefix("encoder."): v for k, v in out.items()}
     dropped = [k for k in out if k.startswith(MAE_ONLY)]
     for k in dropped:
         del out[k]
     if dropped:
         log.info("checkpoint: dropped %d MAE decoder tensors, loading the encoder only", len(dropped))
-    if kind == "MAE-ST" and isinstance(model.fc_norm, nn.LayerNorm):  # MAE-ST normalises after the pool
-        out = {("fc_norm." + k.removeprefix("norm.") if k.startswith("norm.") else k): v for k, v in out.items()}
     _check_fits(out, model, kind)
     return kind, out
 
@@ -98,7 +109,8 @@ def _check_fits(sd: Mapping[str, torch.Tensor], model: VideoVisionTransformer, k
     if theirs != mine:
         fits = [n for n in registry.list_models("vit_*_video")
                 if (c := registry.model_config(n))["embed_dim"] == theirs[0] and c["depth"] == theirs[1]]
-        hint = f"create {' or '.join(fits)} instead" if fits else "no registered video ViT has that shape"
+        tube = "" if theirs[2] == (2, 16, 16) else f" with t_patch_size={theirs[2][0]}, patch_size={theirs[2][1]}"
+        hint = f"create {' or '.join(fits)}{tube} instead" if fits else "no registered video ViT has that shape"
         raise CheckpointError(f"checkpoint ({kind} layout) is a video ViT of width {theirs[0]}, depth {theirs[1]}, "
                               f"tubelet {theirs[2]}; this model has width {mine[0]}, depth {mine[1]}, tubelet "
                               f"{mine[2]}: {hint}")
