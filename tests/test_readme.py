@@ -19,7 +19,7 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 def commands() -> list[str]:
     """The example of every row of the README's command table (its second column), and the commands of the
     README's bash blocks."""
-    rows = [line.split(" | ")[1] for line in README.splitlines() if line.startswith("| `") and line.count(" | ") >= 2]
+    rows = [line.split(" | ")[1] for line in README.splitlines() if line.startswith("| ") and line.count(" | ") >= 2]
     found = [c for cell in rows for c in re.findall(r"`((?:hieralab|torchrun) [^`]*)`", cell)]
     found += [line.strip() for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S)
               for line in block.splitlines() if line.strip().startswith("hieralab ")]

@@ -106,6 +106,17 @@ def test_overrides_go_before_and_after_the_flags(capsys):
         parse(["eval", "run", "--no-such-flag"])
 
 
+def test_overrides_may_follow_a_flag_of_several_values():
+    """``--seeds 0 1`` takes every number after it; argparse would take ``epochs=2`` as a third seed (an int error)."""
+    from hieralab.cli import parse
+
+    args = parse(["study", "--seeds", "0", "1", "model_args.depth=2", "--limit", "64", "seed=1", "seed=2"])
+    assert args.seeds == [0, 1] and args.limit == 64
+    assert args.overrides == ["model_args.depth=2", "seed=1", "seed=2"]  # in order: the later value wins
+    args = parse(["study-dense", "--out", "a=b", "--seeds", "3", "data.limit=4"])
+    assert args.out == "a=b" and args.seeds == [3] and args.overrides == ["data.limit=4"]  # a one-value flag's value
+
+
 def test_version_answers_without_importing_torch():
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "hieralab", "--version"], capture_output=True, text=True, timeout=60)

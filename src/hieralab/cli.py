@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import sys
 import traceback
@@ -491,15 +492,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*\s*=")  # key=value (a config key, then '=')
+
+
+def _overrides_apart(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
+    """``argv`` without the ``key=value`` overrides of a command that takes them, and those overrides in their order
+    (every other word of such a command that is no flag or flag value is one too). A flag of several values
+    (``--seeds 0 1``) ends at the first ``key=value``, which argparse would read as one more of its values."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = sub.choices.get(argv[0]) if argv else None
+    if command is None or not any(a.dest == "overrides" for a in command._actions):
+        return argv, []
+    nargs = {s: a.nargs for a in command._actions for s in a.option_strings}
+    rest, overrides, expecting = [argv[0]], [], 0  # expecting: 0 no flag value, 1 one value, 2 several values
+    for token in argv[1:]:
+        if token.startswith("-"):
+            rest.append(token)
+            n = nargs.get(token.split("=")[0], 0) if "=" not in token else 0
+            expecting = 1 if n in (None, "?") else 2 if n in ("+", "*") or isinstance(n, int) and n > 1 else 0
+        elif expecting == 1 or (expecting == 2 and not OVERRIDE.match(token)):
+            rest.append(token)
+            expecting = 0 if expecting == 1 else 2
+        else:
+            overrides.append(token)
+            expecting = 0
+    return rest, overrides
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    """The parsed command line; a training command takes ``key=value`` overrides before and after its flags (what
-    argparse leaves over is appended to them; anything else left over is an error)."""
+    """The parsed command line; a command that takes ``key=value`` overrides takes them before, between and after
+    its flags (in their order: a later value of a key wins); anything else argparse leaves over is an error."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    argv, overrides = _overrides_apart(parser, argv)
     args, extra = parser.parse_known_args(argv)
-    if extra and getattr(args, "kind", None) == TRAINING and not any(x.startswith("-") for x in extra):
-        args.overrides = [*args.overrides, *extra]
+    if extra and hasattr(args, "overrides") and not any(x.startswith("-") for x in extra):
+        overrides += extra  # e.g. "epochs = 2" after the flags: the config names what is wrong with it
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
     return args
 
 

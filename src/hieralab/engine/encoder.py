@@ -99,7 +99,9 @@ class EncoderStart:
         if self.init is None:
             return []
         missing = via(self.init) if via is not None else load_checkpoint(model, self.init)
-        log.info("encoder from %s (%d of its tensors not in it: %s)", self.init, len(missing), ", ".join(missing[:4]))
+        more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        log.info("encoder from %s (%s)", self.init, f"{len(missing)} of the model's tensors not in it, new: "
+                 f"{', '.join(missing[:4])}{more}" if missing else "every tensor of the model loaded")
         return missing
 
     def build(self, **extra: Any) -> nn.Module:
