@@ -49,6 +49,7 @@ def test_the_model_saves_and_loads(tmp_path):
 
 def test_stage_names():
     assert feature_stages("stage3", 3) == [2] and feature_stages("fuse", 3) == [1, 2]
+    assert feature_stages("last", 3) == [2] and feature_stages("last", 4) == [3] and feature_stages("last", 1) == [0]
     assert feature_stages("fuse", 4) == [2, 3]
     with pytest.raises(ValueError, match="3 stages"):
         feature_stages("stage4", 3)

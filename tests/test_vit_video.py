@@ -390,7 +390,7 @@ def test_is_an_action_encoder_through_its_one_map():
     boxes = [torch.tensor([[2.0, 2.0, 20.0, 30.0]]), torch.tensor([[0.0, 0.0, 31.0, 31.0], [8.0, 4.0, 16, 12]])]
     with torch.no_grad():
         assert model(torch.randn(2, 3, 8, 32, 32), boxes).shape == (3, 4)
-    with pytest.raises(ValueError, match="plain ViT with one map.*feature=stage1"):
+    with pytest.raises(ValueError, match=r"plain ViT with one map.*feature=last \(the default\) or stage1"):
         ActionDetector(encoder="vit_mini_patch4_video", feature="stage3")
 
 

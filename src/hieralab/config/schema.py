@@ -365,10 +365,11 @@ class ActionConfig(RunConfig):
     optim: OptimConfig = setting(factory=_action_optim)
     layer_decay: float = setting(0.75, check=between(0, 1, low_open=True))
     drop_path: float = setting(0.1, check=between(0, 1, high_open=True))
-    feature: str = setting("stage3", check=one_of("stage1", "stage2", "stage3", "stage4", "fuse"))  # the Hiera
-    #                      stage whose map the RoI head pools (1-based; the mini has 3), or "fuse": the last two,
-    #                      each pooled at its own stride, concatenated (docs/action_study.md: stage3 won on the
-    #                      bundled clips at one seed, within the seed spread)
+    feature: str = setting("last", check=one_of("last", "stage1", "stage2", "stage3", "stage4", "fuse"))  # the
+    #                      map the RoI head pools: the encoder's last (a plain ViT's only one), a Hiera stage
+    #                      (1-based; the mini has 3), or "fuse": the last two, each pooled at its own stride,
+    #                      concatenated (docs/action_study.md: the last won on the bundled clips at one seed, within
+    #                      the seed spread)
     dropout: float = setting(0.5, check=between(0, 1, high_open=True))  # before the classifier (SlowFast's 0.5)
     top_k: int | None = setting(None, check=optional(at_least(1)), trajectory=False)  # detections kept per
     #                      keyframe when scoring (None: all; the official script: 50)

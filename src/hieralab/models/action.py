@@ -23,12 +23,15 @@ from .contract import check_backbone
 from .dense import DenseModel
 from .registry import register
 
-FEATURES = ("stage1", "stage2", "stage3", "stage4", "fuse")
+FEATURES = ("last", "stage1", "stage2", "stage3", "stage4", "fuse")
 
 
 # ---------------------------------------------------------------- pure helpers
 def feature_stages(feature: str, num_stages: int) -> list[int]:
-    """The 0-based stages ``feature`` names: ``"stageN"`` the N-th (1-based), ``"fuse"`` the last two."""
+    """The 0-based stages ``feature`` names: ``"last"`` the last (a plain ViT's only map), ``"stageN"`` the N-th
+    (1-based), ``"fuse"`` the last two."""
+    if feature == "last":
+        return [num_stages - 1]
     if feature == "fuse":
         return [max(num_stages - 2, 0), num_stages - 1] if num_stages > 1 else [0]
     if feature not in FEATURES:
@@ -37,7 +40,7 @@ def feature_stages(feature: str, num_stages: int) -> list[int]:
     if stage >= num_stages:
         if num_stages == 1:
             raise ValueError(f"feature={feature!r}: the encoder is a plain ViT with one map (its last block's): pass "
-                             "feature=stage1")
+                             "feature=last (the default) or stage1")
         raise ValueError(f"feature={feature!r}: the encoder has {num_stages} stages (stage1..stage{num_stages})")
     return [stage]
 
@@ -73,7 +76,7 @@ class ActionDetector(DenseModel):
         encoder: str = "hiera_mini_8x32",
         encoder_args: dict[str, Any] | None = None,
         num_classes: int = 80,
-        feature: str = "stage3",
+        feature: str = "last",
         dropout: float = 0.5,
         roi_size: int = 7,
     ):
