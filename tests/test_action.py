@@ -184,3 +184,25 @@ def test_other_data_needs_its_videos_and_label_map():
         sources(ActionDataConfig(train_ann="a.csv", train_videos="v", val_ann="b.csv", val_videos="v"))
     with pytest.raises(ConfigError, match="data.val_videos"):
         sources(ActionDataConfig(train_ann="a.csv", train_videos="v", val_ann="b.csv", labels="l.pbtxt"))
+
+
+def test_the_study_report_reads_the_runs_it_finds(tmp_path):
+    """docs/action_study.md's table and picture come from the runs' metrics.json: the mean and half-range of the
+    seeds found, arms without a finished run left out, the chance level scored by the benchmark's metric."""
+    from hieralab.experiments import action_study
+    from hieralab.metrics.ava import write_label_map
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "val.csv").write_text("v,1,0.1,0.1,0.5,0.5,1,0\nv,1,0.5,0.5,0.9,0.9,2,1\n")
+    (clips / "labels.pbtxt").write_text(write_label_map({1: "a", 2: "b"}))
+    root = tmp_path / "runs"
+    for name, value in (("random-stage3-s0", 30.0), ("random-stage3-s1", 34.0), ("single-stage3-s0", 20.0)):
+        (root / name).mkdir(parents=True)
+        (root / name / "metrics.json").write_text(json.dumps({"frame_mAP": value, "AP": {"a": value, "b": None}}))
+    (root / "mae-stage3-s0").mkdir()  # started, never finished: no metrics.json
+    out = action_study.report(root, tmp_path / "docs", clips)
+    assert [r["arm"] for r in out["arms"]] == ["random init, stage3", "single frame, random init, stage3"]
+    text = (tmp_path / "docs" / "action_study_tables.md").read_text()
+    assert "| random init, stage3 | 30.00 | 34.00 | 32.00 ± 2.00 |" in text and "20.00 (1 seed)" in text
+    assert 0 < out["chance"][0] <= 100 and (tmp_path / "docs" / "action_study.png").stat().st_size > 10_000

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -34,6 +35,8 @@ QUICK = ["data.num_workers=0", "knn_every=0", "recon_images=1"]  # a pretraining
 SMALL = ["data.limit=64", "optim.batch_size=16", "data.num_workers=0"]  # a classifier run on 64 images
 DENSE = ["data.scenes_train=8", "data.scenes_val=4", "data.num_workers=0", "optim.batch_size=2", "data.img_size=64",
          "neck_channels=16", "pictures=1", "max_steps=1"]
+ACTIONS = ["data.actions_train=8", "data.actions_val=4", "data.img_size=32", "optim.batch_size=4", "data.num_workers=0",
+           "pictures=1"]  # 12 bundled action clips
 # README command -> what makes it toy-sized (appended), and the files it must leave (relative to the working folder)
 TOY: dict[str, tuple[list[str], list[str]]] = {
     "hieralab list 'hiera_*_16x224'": ([], []),
@@ -99,9 +102,17 @@ TOY: dict[str, tuple[list[str], list[str]]] = {
         ["--seeds", "0", "--steps", "1", *[a for a in DENSE if a != "max_steps=1"], "box_head_dim=16",
          "mask_head_layers=[16]", "pictures=0"], ["docs/dense_study.md", "docs/dense_study.png"]),
     "hieralab action max_steps=200 out_dir=runs/action": (
-        ["max_steps=2", "data.actions_train=8", "data.actions_val=4", "data.img_size=32", "optim.batch_size=4",
-         "data.num_workers=0", "pictures=1", "model_args.embed_dim=16", "model_args.num_heads=1"],
+        ["max_steps=2", *ACTIONS, "model_args.embed_dim=16", "model_args.num_heads=1"],
         ["runs/action/metrics.json", "runs/action/detections.csv"]),
+    "hieralab action model=vit_mini_patch4_video data.img_size=32 max_steps=200 out_dir=runs/action-vit": (
+        ["max_steps=2", *ACTIONS, "model_args.embed_dim=16", "model_args.depth=1"], ["runs/action-vit/metrics.json"]),
+    "hieralab pretrain model=mae_vit_mini_patch4_video data.source=runs/fashion-mnist-actions/videos "
+    "data.img_size=32 epochs=4 out_dir=runs/mae-vit-video": (
+        ["max_steps=1", "optim.batch_size=4", *QUICK, "model_args.embed_dim=16", "model_args.depth=1",
+         "model_args.decoder_embed_dim=16", "model_args.decoder_depth=1"],
+        ["runs/mae-vit-video/encoder/model.safetensors"]),
+    "hieralab action model=vit_mini_patch4_video init=runs/mae-vit-video data.img_size=32 max_steps=200 "
+    "out_dir=runs/action-vit-mae": (["max_steps=2", *ACTIONS], ["runs/action-vit-mae/metrics.json"]),
     "hieralab ava-eval ava_val_v2.2.csv detections.csv --labels ava_action_list_v2.2_for_activitynet_2019.pbtxt "
     "--exclude ava_val_excluded_timestamps_v2.2.csv --top-k 50 --out metrics.json": ([], ["metrics.json"]),
 }
@@ -218,6 +229,11 @@ class Workspace:
             return [demo, finetune]
         if "runs/detect" in command and command != detect:
             return [demo, "hieralab scenes runs/scenes --train 2000 --val 300", detect]
+        if "runs/fashion-mnist-actions" in command:
+            return ["hieralab action max_steps=200 out_dir=runs/action"]
+        if "init=runs/mae-vit-video" in command:
+            return ["hieralab pretrain model=mae_vit_mini_patch4_video data.source=runs/fashion-mnist-actions/videos "
+                    "data.img_size=32 epochs=4 out_dir=runs/mae-vit-video"]
         return [demo] if "runs/mae_hiera_fmnist" in command else []
 
     def vit_mae(self) -> None:
@@ -238,7 +254,7 @@ def workspace(tmp_path_factory):
         yield Workspace(root)
 
 
-@pytest.mark.parametrize("command", list(TOY))
+@pytest.mark.parametrize("command", list(TOY), ids=lambda c: re.sub(r"[^\w=.-]+", "_", c.removeprefix("hieralab "))[:70])
 def test_the_readme_command_runs(command, workspace, capsys):
     if command in ("hieralab eval runs/detect --ann val.json --images val/ --limit 50",):
         workspace.run("hieralab scenes runs/scenes --train 2000 --val 300")
