@@ -3,11 +3,12 @@ the CPU (a test runs it, so it keeps working until a GPU is lent).
 
 1. parity: hieralab's Hiera against the official ``hiera-transformer`` on the device, same weights: fp32 max error
    (must be <= 1e-5) and the bf16-autocast error against the fp32 official (stated, not bounded);
-2. training: a few steps of ``hieralab pretrain`` (MAE) and ``hieralab finetune`` under bf16 autocast, eager and
+2. training: a few steps of ``hieralab pretrain`` (MAE) and ``hieralab finetune`` at ``precision=bf16``, eager and
    ``torch.compile``d, on drawn images: every loss finite, compiled within 2 % of eager on the first step;
 3. DDP: ``torchrun --nproc_per_node 1`` of a short pretraining run;
-4. throughput: images/s of Hiera-B, ViT-B/16 and the official Hiera-B at batch 64 (bf16 autocast, inference, eager
-   and compiled), and the MAE-Hiera-B training step (forward, backward, AdamW) at batch 64, eager and compiled.
+4. throughput: the device's fp32 and bf16 matmul rates; images/s of Hiera-B, ViT-B/16 and the official Hiera-B at
+   batch 64 (inference: fp32 eager, bf16 autocast eager and ``torch.compile``d), and the MAE-Hiera-B training step
+   (forward, backward, AdamW) at batch 64 in the same three modes.
 
 Prints a Markdown table and writes ``<out>.md`` and ``<out>.json``. A stage that fails is reported in the table and
 the rest still runs; the exit status is 1 when any check failed. Usage:
@@ -80,8 +81,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def autocast(device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+def autocast(device: torch.device, dtype: torch.dtype = torch.bfloat16):
+    """bf16 autocast, or nothing for fp32."""
+    return contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int) -> float:
+    """The device's n x n x n matmul rate in ``dtype`` (best of 5)."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    sync(device)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
 
 
 # ---------------------------------------------------------------- 1. parity
@@ -123,7 +139,7 @@ def task_steps(task: str, device: torch.device, dry: bool, compile: bool, images
                  ["model=mae_hiera_base_224", "data.img_size=224"])
         cfg = load_config(PretrainConfig, None, [*model, f"data.source={images}", "data.num_workers=2",
                                                  f"optim.batch_size={4 if dry else 32}", f"max_steps={steps}",
-                                                 "log_every=1", "recon_images=0", "knn_every=0", "amp=bf16",
+                                                 "log_every=1", "recon_images=0", "knn_every=0", "precision=bf16",
                                                  f"compile={str(compile).lower()}", f"device={device.type}",
                                                  f"out_dir={out}"])
         pretrain.run(cfg)
@@ -132,7 +148,7 @@ def task_steps(task: str, device: torch.device, dry: bool, compile: bool, images
                  ["model=hiera_base_224", "data.img_size=224"])
         cfg = load_config(FinetuneConfig, None, [*model, f"data.source={images}", "data.num_workers=2",
                                                  f"optim.batch_size={4 if dry else 32}", f"max_steps={steps}",
-                                                 "log_every=1", "amp=bf16", f"compile={str(compile).lower()}",
+                                                 "log_every=1", "precision=bf16", f"compile={str(compile).lower()}",
                                                  f"device={device.type}", f"out_dir={out}", "val_fraction=0.1"])
         finetune.run(cfg)
     import csv
@@ -209,41 +225,55 @@ def throughput(device: torch.device, dry: bool, deadline: float) -> None:
                            patch_stride=(2, 2), patch_padding=(1, 1), num_classes=10) if dry else hiera.hiera_base_224()
     official = B.logits_only(official)
     models["Hiera-B (official)" if not dry else "Hiera (official)"] = official.eval().to(device)
+    n = 256 if dry else 8192
+    rates = {name: matmul_gflops(device, dtype, n) for name, dtype in (("fp32", torch.float32),
+                                                                       ("bf16", torch.bfloat16))}
+    record("matmul rates", f"fp32 {rates['fp32']:.0f} GFLOP/s (TF32 {'on' if _tf32() else 'off'}), bf16 "
+           f"{rates['bf16']:.0f} GFLOP/s ({n}^3)", ok=None, **{f"{k}_gflops": round(v, 1) for k, v in rates.items()})
     x = torch.randn(batch, 3, side, side, device=device)
     table = []
     for label, model in models.items():
         row = {"model": label}
-        for mode in ("eager", "compiled"):
+        for mode in MODES:
             if time.perf_counter() > deadline:
                 row[mode] = "skipped (time budget)"
                 continue
-            fn = torch.compile(model) if mode == "compiled" else model
+            dtype = torch.float32 if mode.startswith("fp32") else torch.bfloat16
+            fn = torch.compile(model) if mode.endswith("compiled") else model
 
-            def forward(fn=fn):
-                with torch.inference_mode(), autocast(device):
+            def forward(fn=fn, dtype=dtype):
+                with torch.inference_mode(), autocast(device, dtype):
                     return fn(x)
             row[mode] = round(images_per_s(forward, batch, device, seconds), 1)
         table.append(row)
-        record(f"throughput {label}", f"{row['eager']} img/s eager, {row['compiled']} img/s compiled "
-               f"(batch {batch}, bf16)", ok=None, **row)
+        record(f"throughput {label}", ", ".join(f"{row[m]} img/s {m}" for m in MODES) + f" (batch {batch})",
+               ok=None, **row)
     mae_name = "mae_hiera_mini_32" if dry else "mae_hiera_base_224"
-    for mode in ("eager", "compiled"):
+    for mode in MODES:
         if time.perf_counter() > deadline:
             record(f"MAE step {mode}", "skipped (time budget)", ok=None)
             continue
+        dtype = torch.float32 if mode.startswith("fp32") else torch.bfloat16
         mae = hieralab.create_model(mae_name).to(device).train()
-        fwd = torch.compile(mae) if mode == "compiled" else mae
+        fwd = torch.compile(mae) if mode.endswith("compiled") else mae
         xs = torch.randn(batch, 3, side, side, device=device)
 
-        def loss(fwd=fwd, mae=mae):
-            with autocast(device):
+        def loss(fwd=fwd, mae=mae, dtype=dtype):
+            with autocast(device, dtype):
                 return fwd(xs, mae.random_visible(xs)).loss
         step = B.adamw_step(mae, loss)
         rate = images_per_s(step, batch, device, seconds)
         record(f"MAE {'-'.join(mae_name.split('_')[1:3])} training step {mode}",
-               f"{rate:.1f} img/s, {1000 * batch / rate:.1f} ms per step of {batch} (bf16)", ok=None,
+               f"{rate:.1f} img/s, {1000 * batch / rate:.1f} ms per step of {batch}", ok=None,
                images_per_s=round(rate, 1))
     ROWS.append({"check": "throughput table", "table": table, "ok": None})
+
+
+MODES = ("fp32 eager", "bf16 eager", "bf16 compiled")  # inference and the MAE step, each model
+
+
+def _tf32() -> bool:
+    return torch.cuda.is_available() and torch.backends.cuda.matmul.allow_tf32
 
 
 # ---------------------------------------------------------------- report
@@ -258,9 +288,8 @@ def report(device: torch.device, dry: bool, seconds: float) -> str:
             lines.append(f"| {r['check']} | {r['result']} | {mark} |")
     for r in ROWS:
         if r.get("table"):
-            lines += ["", "Inference images/s (bf16 autocast):", "",
-                      B.markdown_table(["model", "eager", "compiled"],
-                                       [[t["model"], t["eager"], t["compiled"]] for t in r["table"]])]
+            lines += ["", "Inference images/s (bf16: autocast):", "",
+                      B.markdown_table(["model", *MODES], [[t["model"], *(t[m] for m in MODES)] for t in r["table"]])]
     return "\n".join(lines) + "\n"
 
 

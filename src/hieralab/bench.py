@@ -56,9 +56,10 @@ def input_shape(model: nn.Module, batch: int) -> tuple[int, ...]:
     return (batch, 3, *size)
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """This machine's fp32 matmul throughput, the ceiling for a transformer's linear layers."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """This machine's matmul throughput in ``dtype`` (fp32 or bf16; the best of ``repeats`` n x n x n products),
+    the ceiling for a transformer's linear layers in that precision."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     best = min(_time(lambda: a @ b) for _ in range(repeats))
     return 2 * n**3 / best / 1e9

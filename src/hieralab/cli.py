@@ -225,9 +225,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"error: no registered model matches {args.models!r}; see `hieralab list`", file=sys.stderr)
         return 2
     torch.manual_seed(0)
+    from .engine.precision import cpu_has_native_bf16
+
     peak = B.matmul_peak_gflops()
+    peak_bf16 = B.matmul_peak_gflops(dtype=torch.bfloat16)
+    native = "native" if cpu_has_native_bf16() else "emulated: no avx512_bf16 / amx_bf16, precision=bf16 keeps fp32"
     print(f"# hieralab bench: fp32, batch {args.batch}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"matmul peak {peak:.0f} GFLOP/s; median of {args.rounds} interleaved rounds", flush=True)
+          f"matmul peak {peak:.0f} GFLOP/s fp32, {peak_bf16:.0f} GFLOP/s bf16 ({peak_bf16 / peak:.2f}x, {native}); "
+          f"median of {args.rounds} interleaved rounds", flush=True)
     header = ["model", "params (M)", "GFLOPs", "ours ms", "ours im/s", "ours % peak", "ours+packed ms",
               "official ms", "ours vs official", "packed vs official"]
     rows, records = [], []
@@ -263,7 +268,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print()
     print(B.markdown_table(header, rows))
     if args.json:
-        path = files.write_json(Path(args.json), {"batch": args.batch, "matmul_peak_gflops": peak, "rows": records})
+        path = files.write_json(Path(args.json), {"batch": args.batch, "matmul_peak_gflops": peak,
+                                                    "matmul_bf16_gflops": peak_bf16,
+                                                    "native_bf16": cpu_has_native_bf16(), "rows": records})
         print(f"\nwrote {path}")
     return 0
 

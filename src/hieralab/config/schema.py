@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import math
 import re
 import types
@@ -22,6 +23,7 @@ import yaml
 
 from ..errors import ConfigError
 
+log = logging.getLogger(__name__)
 PRESETS = Path(__file__).parent / "presets"
 Check = Callable[[Any], "str | None"]  # a value -> what is wrong with it, or None
 
@@ -145,7 +147,9 @@ class RunConfig:
     ckpt_every: int = setting(200, check=at_least(1), trajectory=False)  # steps between checkpoints (and at the end)
     keep_last: int = setting(2, check=at_least(0), trajectory=False)  # checkpoints kept (0: all)
     log_every: int = setting(10, check=at_least(1), trajectory=False)
-    amp: str = setting("auto", check=one_of("auto", "bf16", "off"))  # bf16 on CUDA with "auto"; off on CPU
+    precision: str = setting("auto", check=one_of("auto", "fp32", "bf16"))  # the compute dtype of the forward and
+    #                      backward (weights, optimizer state and the loss stay fp32): "auto" is bf16 on CUDA, fp32 on
+    #                      CPU; "bf16" on a CPU without native bf16 falls back to fp32 with a log line
     compile: bool = setting(False, trajectory=False)
     grad_checkpointing: bool = setting(False, trajectory=False)  # recompute each block's activations in the backward
     #                      pass instead of keeping them: less memory, about one more forward; the same numbers
@@ -161,6 +165,34 @@ class RunConfig:
 
 
 RUN_FIELDS = frozenset(f.name for f in dataclasses.fields(RunConfig))
+
+# keys of earlier versions' run configs: old key -> (new key, old value -> new value). A config.yaml, preset or
+# override that uses the old key still loads (one log line); a run folder written with it still resumes.
+RENAMED: dict[str, tuple[str, dict[Any, Any]]] = {
+    # amp=auto|bf16|off until 2026-12 (YAML reads a bare off as False)
+    "amp": ("precision", {"auto": "auto", "bf16": "bf16", "off": "fp32", False: "fp32"}),
+}
+
+
+def upgrade_keys(data: dict[str, Any], *, quiet: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """``data`` (a run config as a dict) with the keys of :data:`RENAMED` under their new names, and the problems
+    (an old key beside its new one, or an old value with no new meaning). Logs one line per key renamed."""
+    data, problems = dict(data), []
+    for old, (new, values) in RENAMED.items():
+        if old not in data:
+            continue
+        value = data.pop(old)
+        if new in data:
+            problems.append(f"{old}={value!r}: {old} is the earlier name of {new}, which is also given; keep {new}")
+        elif not isinstance(value, (str, bool)) or value not in values:
+            problems.append(f"{old}={value!r}: {old} is the earlier name of {new}; write {new}=" +
+                            "|".join(dict.fromkeys(values.values())))
+        else:
+            data[new] = values[value]
+            if not quiet:
+                log.info("config key %s=%s is read as %s=%s (its current name)", old, value, new,
+                         values[value])
+    return data, problems
 
 
 @dataclass
@@ -403,6 +435,8 @@ def check(cfg: Any) -> Any:
 def trajectory_changes(old: dict[str, Any], new: dict[str, Any], cls: type) -> dict[str, tuple[Any, Any]]:
     """``{dotted key: (old, new)}`` for the keys that differ between two resolved configs (:func:`to_dict` of
     ``cls``) and alter what the run computes (see :func:`setting`)."""
+    if issubclass(cls, RunConfig):  # a run started by an earlier version: its keys under their current names
+        old, new = upgrade_keys(old, quiet=True)[0], upgrade_keys(new, quiet=True)[0]
     a, b = flatten(old), flatten(new)
     quiet = {k for k in set(a) | set(b) if not _alters_trajectory(cls, k.split("."))}
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if k not in quiet and a.get(k) != b.get(k)}
@@ -490,6 +524,8 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "", base: Any = Non
     of the wrong type are a :class:`ConfigError` listing every one. A section given in part keeps the rest of its
     field's own default, e.g. ``optim.batch_size=128`` leaves fine-tuning's lr at fine-tuning's default."""
     problems: list[str] = []
+    if not prefix and isinstance(cls, type) and issubclass(cls, RunConfig):
+        data, problems = upgrade_keys(data)
     cfg = _from_dict(cls, data, prefix, base, problems)
     if problems:
         raise ConfigError(problems)
@@ -639,6 +675,8 @@ def load_config(cls: type, preset: str | None, overrides: list[str], *, task: st
                            f"{task} preset (hieralab presets)"])
     data = apply_overrides(data, overrides)
     problems: list[str] = []
+    if issubclass(cls, RunConfig):
+        data, problems = upgrade_keys(data)
     cfg = _from_dict(cls, data, "", None, problems)
     named = {re.split(r"[=:;]", p, maxsplit=1)[0].removeprefix("unknown config key ") for p in problems}
     problems += [p for p in validate(cfg) if p.split("=", 1)[0] not in named]

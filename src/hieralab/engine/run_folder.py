@@ -259,12 +259,15 @@ class RunFolder:
                                  f"--accept-changes {','.join(refused)} to continue under the new values")
         return changes
 
-    def record_start(self, cfg: Any, start: Start, step: int) -> None:
-        """Write ``config.yaml`` (the config in effect) and ``run.json`` for a run that starts now."""
+    def record_start(self, cfg: Any, start: Start, step: int, *, precision: str | None = None) -> None:
+        """Write ``config.yaml`` (the config in effect) and ``run.json`` for a run that starts now; ``precision``
+        is what this session computes in ("fp32" / "bf16", the ``precision`` key resolved on its device)."""
         files.write_text(self.path / CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
         marker = self.marker() or {"task": self.task, "created": _now(), "history": []}
         event: dict[str, Any] = {"time": _now(), "pid": os.getpid(), "step": step,
                                  "event": "resumed" if start.resume else "started"}
+        if precision is not None:
+            event["precision"] = precision
         if start.accepted:
             event["accepted_changes"] = {k: {"from": a, "to": b} for k, (a, b) in start.accepted.items()}
             log.warning("resuming with accepted changes: %s", ", ".join(f"{k} {a!r} -> {b!r}"

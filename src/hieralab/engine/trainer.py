@@ -34,7 +34,7 @@ from ..config import RunConfig, check
 from ..data.pipeline import collate, epoch_batches, first_readable
 from ..errors import ConfigError, DivergedError, DiskFullError, HieralabError, RunFolderError
 from ..viz.figures import plot_curve
-from . import checkpoints, distributed, fsdp
+from . import checkpoints, distributed, fsdp, precision
 from .optim import build_adamw
 from .run_folder import RunFolder, Start, check_apart
 from .run_log import RunLog
@@ -50,14 +50,6 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def autocast(device: torch.device, amp: str):
-    """bf16 autocast on CUDA where asked (or ``auto``); fp32 on CPU, where bf16 matmuls are slower on this class of
-    machine (no AMX) and the resume test needs bit-exact fp32."""
-    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def lower_lr_hint(key: str, value: float, recipe: float) -> str:
@@ -188,6 +180,7 @@ class Trainer:
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
+        self.dtype = precision.resolve(cfg.precision, self.device)  # the forward's compute dtype (bf16: autocast)
         if cfg.parallel == "fsdp" and task not in SHARDABLE:
             raise ConfigError([f"parallel='fsdp': {task} evaluates on the main process alone, which a sharded model "
                                f"cannot do; use parallel=ddp (fsdp is for {', '.join(SHARDABLE)})"])
@@ -303,6 +296,7 @@ class Trainer:
                     state = checkpoints.load(path, held, job.optimizer, self.io)
                 step, loss_value, health = state["step"], state.get("loss", loss_value), Health(state.get("health"))
                 self._check_processes(state.get("processes"), dist.world)
+                self._check_precision()
                 self._earlier = state.get("trained", self._earlier)
                 if job.restore:
                     job.restore(state)
@@ -310,9 +304,9 @@ class Trainer:
                 resumed = path if checkpoints.verdict(path) is None else None
         if dist.is_main:
             with self.writing(f"{self.dir}/config.yaml and run.json"):
-                self.folder.record_start(cfg, self.start, step)
+                self.folder.record_start(cfg, self.start, step, precision=precision.name(self.dtype))
         self._started = True
-        log.info("%s: %s (%s)", self.task, self.dir, self.start.note)
+        log.info("%s: %s (%s; computes in %s)", self.task, self.dir, self.start.note, precision.name(self.dtype))
         train_model = self.train_model if self.train_model is not None else self.wrap(job.model)
         log.info("%s: %d samples, %d steps/epoch, %d steps, lr %.3g, batch %d x %d accum x %d processes%s",
                  self.task, len(job.samples), schedule.per_epoch, schedule.stop, schedule.lr, job.batch_size,
@@ -347,6 +341,17 @@ class Trainer:
         if saved is not None and saved != world and not accepted & {"processes", "all"}:
             raise RunFolderError(f"--resume with {world} process(es), the run was trained with {saved}: the effective "
                                  f"batch changes; run it with {saved}, or pass --accept-changes processes")
+
+    def _check_precision(self) -> None:
+        """The compute dtype is part of the trajectory: resuming a run trained in fp32 in bf16 (or back) needs
+        ``--accept-changes precision``. It compares what the runs computed in (run.json), so ``precision=auto``
+        moved from a CPU to a GPU counts too; runs of earlier versions recorded none and are not checked."""
+        trained = [e["precision"] for e in (self.folder.marker() or {}).get("history", []) if "precision" in e]
+        now = precision.name(self.dtype)
+        if trained and trained[-1] != now and not set(self._options["accept_changes"]) & {"precision", "all"}:
+            raise RunFolderError(f"--resume computes in {now} (precision={self.cfg.precision} on "
+                                 f"{self.device.type}), the run was trained in {trained[-1]}: the trajectory changes; "
+                                 f"set precision={trained[-1]}, or pass --accept-changes precision")
 
     def _resume_point(self, model: nn.Module, optimizer: torch.optim.Optimizer, io: checkpoints.StateIO):
         found = checkpoints.resume_from(self.dir / "checkpoints", model, optimizer, io)
@@ -435,8 +440,12 @@ class Trainer:
                         self._seed_step(step, k)
                         sync = k == len(group) - 1 or dist.world == 1
                         quiet = contextlib.nullcontext() if sync else self.no_sync(train_model)  # DDP: no all-reduce
-                        with quiet, autocast(device, cfg.amp):
-                            loss = job.forward(batch, step, k)
+                        with quiet:
+                            with precision.autocast(device, self.dtype):
+                                loss = job.forward(batch, step, k)
+                            if loss.dtype != torch.float32:  # a task's bug, not the user's: its loss in fp32
+                                raise RuntimeError(f"{self.task}: the forward returned a {loss.dtype} loss; "
+                                                   "compute it from .float() logits")
                             (loss * (size / group_size)).backward()
                         losses.append(loss.detach().float() * size)
                         images += size

@@ -29,17 +29,18 @@ def positive_random_features(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
     In expectation over Gaussian ``w``, ``phi(q) . phi(k) = exp(q . k)``: the softmax kernel without the N x N matrix.
     """
-    x = x.float()
+    x, w = x.float(), w.float()  # exp overflows in bf16: float32 even in a bf16 model
     return torch.exp(x @ w.t() - x.square().sum(-1, keepdim=True) / 2) / math.sqrt(w.shape[0])  # [B, N, m]
 
 
 def performer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor,
                         eps: float = 1e-8) -> torch.Tensor:
-    """Softmax attention ``[B, N, d]`` approximated in O(N m d): ``phi(q) (phi(k)^T v)`` over ``phi(q) sum phi(k)``."""
+    """Softmax attention ``[B, N, d]`` approximated in O(N m d): ``phi(q) (phi(k)^T v)`` over ``phi(q) sum phi(k)``;
+    computed in float32, returned in ``q``'s dtype."""
     qp, kp = positive_random_features(q, w), positive_random_features(k, w)  # [B, N, m] each
     kv = kp.transpose(1, 2) @ v.float()  # [B, m, d]
     normaliser = qp @ kp.sum(dim=1).unsqueeze(-1)  # [B, N, 1]
-    return (qp @ kv) / (normaliser + eps)  # [B, N, d]
+    return ((qp @ kv) / (normaliser + eps)).to(q.dtype)  # [B, N, d]
 
 
 class TokenAttention(nn.Module):

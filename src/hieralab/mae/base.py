@@ -51,7 +51,8 @@ class MAEBase(PretrainedMixin, nn.Module):
         target = self.target(x)
         if self.norm_pix_loss:
             target = targets.normalize_patches(target)[0]
-        return targets.masked_mse(pred, target, visible_patches), target
+        # in fp32 (the target is the fp32 input's pixels; a bf16 decoder output is cast up before the reduction)
+        return targets.masked_mse(pred.float(), target.float(), visible_patches), target
 
     def forward(
         self,

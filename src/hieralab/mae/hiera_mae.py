@@ -135,9 +135,11 @@ class MaskedAutoencoderHiera(MAEBase):
         x = self.decoder_embed(latent)  # [B, #visible, *mu_final, D]
         D = x.shape[-1]
         # The visible units back among mask tokens: [B, #MU, *mu_final, D].
-        full = scatter_units(self.mask_token.view(1, 1, *([1] * self.ndim), D), x, visible)
+        # (mask token and position embedding in x's dtype: under bf16 autocast the decoder's stream stays bf16, as
+        # the encoder's; see Hiera._embed)
+        full = scatter_units(self.mask_token.to(x.dtype).view(1, 1, *([1] * self.ndim), D), x, visible)
         x = windows_to_grid(full, num_units).flatten(1, -2)  # [B, N, D], raster order over the final token grid
-        x = x + self._decoder_pos_embed(num_units)
+        x = x + self._decoder_pos_embed(num_units).to(x.dtype)
         for block in self.decoder_blocks:
             x = self.run_block(block, x)
         return self.decoder_pred(self.decoder_norm(x))  # [B, N, P]

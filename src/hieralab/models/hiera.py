@@ -289,7 +289,9 @@ class Hiera(PretrainedMixin, nn.Module):
             visible = self._check_visible(visible, x.shape[0], num_units)
             visible_grid = visible.view(x.shape[0], *num_units)  # [B, *#MU]
         x = self.patch_embed(x, visible_grid if visible is not None else None)  # [B, *G, C]
-        x = x + self._pos_embed(grid)
+        # in the patch embedding's dtype: under bf16 autocast an fp32 position embedding would promote the whole
+        # residual stream to fp32, and every matmul would cast its input back (and its gradient up) again
+        x = x + self._pos_embed(grid).to(x.dtype)
         x = unroll(x, num_units, self.schedule)  # [B, #MU, L, C]
         if visible is not None:
             x = gather_units(x, visible)  # [B, #visible, L, C]

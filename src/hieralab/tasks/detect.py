@@ -122,7 +122,7 @@ def run(cfg: DetectConfig, *, resume: bool = False, **options: Any) -> dict[str,
             images = [x.to(trainer.device) for x in batch["x"]]
             targets = [{n: v.to(trainer.device) if isinstance(v, torch.Tensor) else v for n, v in t.items()}
                        for t in batch["target"]]
-            return sum(train_model(images, targets).values())
+            return sum(loss.float() for loss in train_model(images, targets).values())
 
         def outputs(run_dir: Path) -> dict[str, Any]:
             save_dense_model(model, run_dir / "model", "detector", META, {"classes": train_set.classes,

@@ -143,7 +143,7 @@ def run(cfg: FinetuneConfig, *, resume: bool = False, **options: Any) -> dict[st
             x, y = batch["x"].to(device, non_blocking=True), batch["label"].to(device)
             if mixup is not None and len(x) % 2:  # timm's Mixup pairs images: an odd batch (a skipped file) loses one
                 if len(x) == 1:
-                    return criterion(train_model(x), mixup_target(y, len(classes), 1.0, a.smoothing))
+                    return criterion(train_model(x).float(), mixup_target(y, len(classes), 1.0, a.smoothing))
                 x, y = x[:-1], y[:-1]
             if mixup is not None:  # draws from numpy, which the Trainer seeds per micro-batch ("mixup" stream)
                 if x.dim() == 5:  # video: one mixup / cutmix box for all frames (time folded into channels)
@@ -152,7 +152,7 @@ def run(cfg: FinetuneConfig, *, resume: bool = False, **options: Any) -> dict[st
                     x = x.unflatten(1, (C, -1))
                 else:
                     x, y = mixup(x, y)
-            return criterion(train_model(x), y)
+            return criterion(train_model(x).float(), y)  # the (log-)softmax in fp32 under precision=bf16
 
         best: dict[str, Any] = {"top1": -1.0, "step": 0, "weights": "model"}
         latest: dict[str, dict[str, float]] = {}  # the newest evaluation of the model (and the EMA)

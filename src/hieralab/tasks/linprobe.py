@@ -53,7 +53,7 @@ class ProbeHeads(nn.Module):
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The sum over heads of each head's mean cross-entropy: each head's gradient is its own loss's."""
-        logits = self(x)  # [H, B, K]
+        logits = self(x).float()  # [H, B, K], fp32 under precision=bf16
         return F.cross_entropy(logits.flatten(0, 1), y.repeat(len(self.heads)), reduction="sum") / len(x)
 
     @torch.no_grad()

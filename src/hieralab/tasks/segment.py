@@ -118,7 +118,7 @@ def run(cfg: SegmentConfig, *, resume: bool = False, **options: Any) -> dict[str
         def forward(batch: dict[str, Any], step: int, k: int) -> torch.Tensor:
             x = torch.stack(batch["x"]).to(trainer.device)  # [B, C, S, S]: the training crops share one size
             y = torch.stack([t["mask"] for t in batch["target"]]).long().to(trainer.device)  # [B, S, S]
-            return F.cross_entropy(train_model(x), y, ignore_index=IGNORE)
+            return F.cross_entropy(train_model(x).float(), y, ignore_index=IGNORE)  # fp32 under precision=bf16
 
         def outputs(run_dir: Path) -> dict[str, Any]:
             save_dense_model(model, run_dir / "model", "segmenter", META, {
