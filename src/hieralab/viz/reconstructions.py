@@ -11,6 +11,7 @@ every clip at its middle frame.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -94,7 +95,8 @@ def _grid(cells: list[list[np.ndarray]], path: Path, *, columns: Sequence[str], 
                 ax.set_title(columns[c], fontsize=8)
             if c == 0:
                 ax.set_ylabel(rows[r], fontsize=8)
-    fig.suptitle(title, fontsize=8)
+    width = cell * n_cols + 0.8
+    fig.suptitle("\n".join(textwrap.wrap(title, width=int(width * 15))), fontsize=8)  # ~15 characters an inch
     return save_figure(fig, path)
 
 
@@ -137,7 +139,7 @@ def save_video_panels(panels: dict[str, torch.Tensor], mean: Sequence[float], st
     for i, name in enumerate(names):
         cells = [[pix[k][i, t] for t in range(T)] for k in PANELS]
         paths.append(_grid(cells, out_dir / f"{name}.png", columns=[f"frame {f}" for f in frames],
-                           rows=[TITLES[k].replace("\n", " ") for k in PANELS],
+                           rows=[TITLES[k] for k in PANELS],
                            title=f"{labels[i]}: {title}", cell=1.3))
         scale = max(1, math.ceil(96 / pix["original"].shape[-2]))
         gif = []
