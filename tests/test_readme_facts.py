@@ -305,13 +305,18 @@ def _export() -> list[str]:
 def _cli_error() -> list[str]:
     import contextlib
     import io
+    import os
     import tempfile
 
     from hieralab.cli import main
 
-    err = io.StringIO()
-    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp), contextlib.redirect_stderr(err):
-        assert main(["pretrain", "optim.batch_size=0"]) != 0  # refused before a run folder is touched
+    err, here = io.StringIO(), os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(err):
+        os.chdir(tmp)  # (contextlib.chdir is Python 3.11+)
+        try:
+            assert main(["pretrain", "optim.batch_size=0"]) != 0  # refused before a run folder is touched
+        finally:
+            os.chdir(here)
     (line,) = err.getvalue().splitlines()
     return [f"a mistake is one line per problem (`{line}`)"]
 
