@@ -13,6 +13,7 @@ measured parts, and the table says which part each comes from. Run it on a quiet
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import re
@@ -24,6 +25,13 @@ import time
 from pathlib import Path
 
 HIERALAB = [sys.executable, "-m", "hieralab"]
+ABOUT = """Each command runs as the README writes it (`init=` left out: it changes the weights, not the time; the
+pretraining without its k-NN probes, a few seconds each), twice, cut short at two sizes (`max_steps=` for a training
+command, `--limit` / `data.limit=` for one that reads a dataset once, which limits each of its two splits). The
+difference of the two wall times gives the cost of one more step or image without the start-up and the final
+scoring, which both runs pay once; the whole command is the short run plus the remaining steps or images at that
+cost, plus `(epochs - 1) x` the time `hieralab eval` takes to score the same split for a command that scores every
+epoch. Estimates from measured parts: the table shows each part."""
 STEPS = re.compile(r"(\d+) samples, (\d+) steps/epoch, (\d+) steps")
 
 # (README command, what the two short runs add: (size key, short, longer), the full size in steps or images:
@@ -57,6 +65,16 @@ def sized(command: str, key: str, n: int, out: str) -> list[str]:
     return [*HIERALAB, *argv, *size, *place]
 
 
+def command_epochs(command: str) -> float:
+    """The epochs ``command`` trains for: its config after its preset and overrides."""
+    from hieralab.cli import parse
+    from hieralab.config import load_config
+    from hieralab.tasks import TASKS
+
+    args = parse(shlex.split(command)[1:])
+    return load_config(TASKS[args.command].config, args.preset, list(args.overrides), task=args.command).epochs
+
+
 def measure(command: str, sizes: tuple[str, int, int], full: int | str, scorings: int | None,
             work: Path) -> dict:
     key, small, large = sizes
@@ -65,12 +83,10 @@ def measure(command: str, sizes: tuple[str, int, int], full: int | str, scorings
     both = key != "max_steps"  # a limit applies to each of the two splits
     small, large = (2 * small, 2 * large) if both else (small, large)
     per = (t_large - t_small) / (large - small)
-    if full == "schedule":
-        m = STEPS.search(log)
-        full = int(m.group(3)) if m else None
-    if scorings is None:  # one scoring per epoch, epochs from the schedule's steps
-        m = STEPS.search(log)
-        scorings = max(1, round(int(m.group(3)) / int(m.group(2)))) if m else 1
+    if full == "schedule":  # steps a full epoch x the command's epochs (its config, as the command resolves it)
+        epochs = command_epochs(command)
+        full = round(int(STEPS.search(log).group(2)) * epochs)
+        scorings = math.ceil(epochs) if scorings is None else scorings  # one scoring an epoch
     score = 0.0
     if scorings > 1:
         t_eval, _ = run([*HIERALAB, "eval", "runs/t_small"], work)
@@ -120,7 +136,7 @@ def main() -> int:
     print(text)
     if args.out:
         Path(args.out).write_text(f"# How long the README's long commands take\n\n`python benchmarks/time_commands.py "
-                                  f"--out {args.out}`; {__doc__.split(chr(10) + chr(10))[1]}\n\n{text}")
+                                  f"--out {args.out}`\n\n{ABOUT}\n\n{text}")
     return 0
 
 

@@ -113,6 +113,8 @@ TOY: dict[str, tuple[list[str], list[str]]] = {
         ["runs/mae-vit-video/encoder/model.safetensors"]),
     "hieralab action model=vit_mini_patch4_video init=runs/mae-vit-video data.img_size=32 max_steps=200 "
     "out_dir=runs/action-vit-mae": (["max_steps=2", *ACTIONS], ["runs/action-vit-mae/metrics.json"]),
+    "hieralab finetune precision=bf16 max_steps=5 out_dir=runs/ft-bf16": (
+        ["max_steps=2", *SMALL, *MAE_TINY[:3]], ["runs/ft-bf16/best/model.safetensors"]),
     "hieralab ava-eval ava_val_v2.2.csv detections.csv --labels ava_action_list_v2.2_for_activitynet_2019.pbtxt "
     "--exclude ava_val_excluded_timestamps_v2.2.csv --top-k 50 --out metrics.json": ([], ["metrics.json"]),
 }
