@@ -24,7 +24,8 @@ import numpy as np
 
 from .. import files
 from ..files import read_csv
-from ..metrics.ava import Row, evaluate, read_csv as read_ava, read_label_map
+from ..metrics.ava import Row, evaluate, read_label_map
+from ..metrics.ava import read_csv as read_ava
 from ..viz.figures import save_figure
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,8 @@ def table(rows: list[dict[str, Any]], chance_level: tuple[float, float]) -> str:
     seeds = sorted({s for r in rows for s in r["seeds"]}, key=int)
     lines = ["| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± half-range |",
              "| --- |" + " ---: |" * (len(seeds) + 1),
-             f"| chance (random scores on the true boxes, 20 draws) |{' |' * len(seeds)} "
-             f"{chance_level[0]:.2f} ± {chance_level[1]:.2f} (std) |"]
+             (f"| chance (random scores on the true boxes, 20 draws) |{' |' * len(seeds)} "
+              f"{chance_level[0]:.2f} ± {chance_level[1]:.2f} (std) |")]
     for r in rows:
         by_seed = dict(zip(r["seeds"], r["mAP"]))
         cells = " | ".join(f"{by_seed[s]:.2f}" if s in by_seed else "—" for s in seeds)
