@@ -515,7 +515,7 @@ def _overrides_apart(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[
     for token in argv[1:]:
         if token.startswith("-"):
             rest.append(token)
-            n = nargs.get(token.split("=")[0], 0) if "=" not in token else 0
+            n = nargs.get(token, 0)  # "--flag=value" is no flag name: it expects nothing after it
             expecting = 1 if n in (None, "?") else 2 if n in ("+", "*") or isinstance(n, int) and n > 1 else 0
         elif expecting == 1 or (expecting == 2 and not OVERRIDE.match(token)):
             rest.append(token)
