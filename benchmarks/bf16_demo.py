@@ -28,11 +28,12 @@ import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from hieralab.files import read_csv
+from hieralab.viz.figures import smooth
 
 PRECISIONS = ("fp32", "bf16")
-PICTURE = ("Top: each logged loss faint (every 5 steps), solid the mean of the last 10 logged losses (it trails the "
-           "faint line over the first 50 steps, where the loss falls fast); the legend's figure is the run's own "
-           "running mean (`summary.json`). Bottom: the online k-NN probe's top-1 on 500 test images (5 probes).")
+PICTURE = ("Top: each logged loss faint (every 5 steps), solid their running mean as the training curves draw it "
+           "(`viz.figures.smooth`); the legend's figure is the run's own running mean (`summary.json`). Bottom: the "
+           "online k-NN probe's top-1 on 500 test images (5 probes).")
 
 
 def run(precision: str, out: Path, extra: list[str]) -> dict:
@@ -51,10 +52,6 @@ def run(precision: str, out: Path, extra: list[str]) -> dict:
             "probe": [(int(r["step"]), float(r["knn_top1"])) for r in rows if r.get("knn_top1")]}
 
 
-def running_mean(values: list[float], k: int = 10) -> list[float]:
-    return [sum(values[max(0, i - k + 1):i + 1]) / len(values[max(0, i - k + 1):i + 1]) for i in range(len(values))]
-
-
 def plot(results: list[dict], path: Path, title: str) -> None:
     has_probe = any(r["probe"] for r in results)
     fig, axes = plt.subplots(2 if has_probe else 1, 1, figsize=(7, 6 if has_probe else 4), dpi=120, squeeze=False,
@@ -62,7 +59,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     ax = axes[0, 0]
     for r, colour in zip(results, ("tab:blue", "tab:red")):
         ax.plot(r["steps"], r["loss"], color=colour, alpha=0.25, lw=0.8)
-        ax.plot(r["steps"], running_mean(r["loss"]), color=colour, lw=1.8,
+        ax.plot(r["steps"], smooth(r["loss"]), color=colour, lw=1.8,
                 label=f"{r['precision']} (computed in {r['computed']}): final running mean "
                       f"{r['summary']['loss_running_mean']:.4f}")
     ax.set_ylabel("MAE loss (pixels, 60 % of the units hidden)")
