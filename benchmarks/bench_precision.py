@@ -7,20 +7,24 @@ model, and for ours also ``optimize_for_inference(model, dtype=torch.bfloat16)``
 bf16). Every contender runs in every round, the order rotating; the table gives medians and the medians of per-round
 ratios, so the load of a shared machine hits all alike. The machine's fp32 and bf16 matmul rates and its load
 (``os.getloadavg``) are printed. Peak memory: the rise of the process's resident set (VmHWM, reset through
-/proc/self/clear_refs) during one more call of each contender, with glibc's mmap threshold fixed so that freed tensors
-go back to the OS at once (the script re-executes itself with ``MALLOC_MMAP_THRESHOLD_`` set).
+/proc/self/clear_refs) during one more call of each contender, measured in a child process whose glibc mmap threshold
+is fixed so that freed tensors go back to the OS at once (``bench.in_child_with_fixed_mmap_threshold``; the timings
+run with glibc's default, which the fixed threshold would slow by 1.1-1.25x).
 
-``--profile`` instead profiles our MAE step (torch.profiler) fp32 against bf16: time by phase (forward, backward,
-optimizer) and by op family, the casts, and which attention kernel runs (see docs/speed.md). Usage:
+``--profile`` instead profiles the MAE step (torch.profiler), ours and the official, fp32 against bf16: time by
+phase (forward, backward, optimizer) and by op family, the casts, and which attention kernel runs (see
+docs/speed.md). Usage:
 
     .venv/bin/python benchmarks/bench_precision.py [--rounds 5] [--batch 8]
-    .venv/bin/python benchmarks/bench_precision.py --profile [--batch 4] [--profile-steps 2]
+    .venv/bin/python benchmarks/bench_precision.py --profile [--batch 8] [--profile-steps 1]
+    .venv/bin/python benchmarks/bench_precision.py --attention [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import sys
@@ -140,19 +144,78 @@ def benchmark(args: argparse.Namespace) -> None:
     times = B.paired_timings(fns, rounds=args.rounds)
     print("inference, ms per round: " + "; ".join(f"{k} " + " ".join(f"{s * 1e3:.0f}" for s in t)
                                                  for k, t in times.items()), flush=True)
-    peaks = {} if args.no_memory else {k: peak_mib(f, grad=False) for k, f in fns.items()}
-    inf = table(times, peaks, args.batch, rates, gflops)
     del fns
     steps, _ = training(args.batch)
-    times = B.paired_timings(steps, rounds=args.rounds, grad=True)
+    train_times = B.paired_timings(steps, rounds=args.rounds, grad=True)
     print("training step, ms per round: " + "; ".join(f"{k} " + " ".join(f"{s * 1e3:.0f}" for s in t)
-                                                     for k, t in times.items()), flush=True)
-    peaks = {} if args.no_memory else {k: peak_mib(f, grad=True) for k, f in steps.items()}
-    train = table(times, peaks, args.batch, rates, None)
+                                                     for k, t in train_times.items()), flush=True)
+    del steps
+    end_rates = {"fp32": B.matmul_peak_gflops(), "bf16": B.matmul_peak_gflops(dtype=BF16)}
+    rates = {k: max(rates[k], end_rates[k]) for k in rates}  # a ceiling: the best seen (they vary ~10 % run to run)
+    peaks = {"inference": {}, "training": {}} if args.no_memory else B.in_child_with_fixed_mmap_threshold(
+        [__file__, "--memory-only", "--batch", str(args.batch)])
+    inf = table(times, peaks["inference"], args.batch, rates, gflops)
+    train = table(train_times, peaks["training"], args.batch, rates, None)
     print(f"\n### Hiera-B inference, batch {args.batch}, 224 px ({gflops:.0f} GFLOPs)\n\n{inf}")
     print(f"\n### MAE-Hiera-B step (forward + backward + fused AdamW), batch {args.batch}, mask {MASK_RATIO}\n\n{train}")
     load = os.getloadavg()
-    print(f"\nload average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"\nload average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; matmul rates at the end: fp32 "
+          f"{end_rates['fp32']:.0f}, bf16 {end_rates['bf16']:.0f} GFLOP/s (the % of the peak uses the higher of "
+          "start and end)")
+
+
+def memory(args: argparse.Namespace) -> None:
+    """Peak MiB of one call of every contender, as JSON on the last line (run by ``benchmark`` in a child)."""
+    fns, _, _ = inference(args.batch)
+    with torch.inference_mode():
+        for f in fns.values():  # warm-up: oneDNN primitive caches and the like are not the call's memory
+            f()
+    peaks = {"inference": {k: peak_mib(f, grad=False) for k, f in fns.items()}}
+    del fns
+    steps, _ = training(args.batch)
+    for f in steps.values():  # warm-up: the first step allocates AdamW's moments
+        f()
+    peaks["training"] = {k: peak_mib(f, grad=True) for k, f in steps.items()}
+    print(json.dumps(peaks))
+
+
+# query and key shapes [batch, heads, L, d] of the MAE-Hiera-B step at batch 8, mask 0.6 (mask-unit attention at
+# stages 1-2 with the pooled queries, global attention at stages 3-4, the decoder) and of ViT-B/16 at batch 8
+ATTENTION_SHAPES = [((152, 1, 64, 96), 64), ((152, 2, 16, 96), 64), ((152, 2, 16, 96), 16), ((152, 4, 4, 96), 16),
+                    ((8, 4, 76, 96), 76), ((8, 8, 19, 96), 76), ((8, 16, 196, 32), 196), ((8, 12, 197, 64), 197)]
+
+
+def attention(args: argparse.Namespace) -> None:
+    """The CPU flash kernel (``scaled_dot_product_attention``) against two matmuls around a softmax (``attend``'s
+    bf16 CPU path), fp32 and bf16, forward and forward + backward, at the shapes the models run."""
+    import torch.nn.functional as F
+
+    from hieralab.layers.attention import attend
+
+    def matmuls(q, k, v):
+        return attend(q, k, v) if q.dtype == BF16 else (q * q.shape[-1] ** -0.5 @ k.transpose(-2, -1)).softmax(-1) @ v
+
+    def contenders(q, k, v, grad) -> dict[str, Callable]:
+        fns = {}
+        for kernel, fn in (("flash", F.scaled_dot_product_attention), ("matmuls", matmuls)):
+            fns[f"{kernel} forward"] = lambda fn=fn: fn(q.detach(), k.detach(), v.detach())
+            fns[f"{kernel} fwd+bwd"] = lambda fn=fn: fn(q, k, v).backward(grad)
+        return fns
+
+    rows = []
+    for shape, lk in ATTENTION_SHAPES:
+        for dtype in (torch.float32, BF16):
+            gen = torch.Generator().manual_seed(0)
+            q = torch.randn(shape, generator=gen).to(dtype).requires_grad_()
+            k, v = (torch.randn(*shape[:2], lk, shape[3], generator=gen).to(dtype).requires_grad_() for _ in "kv")
+            fns = contenders(q, k, v, torch.randn(shape, generator=gen).to(dtype))
+            times = B.paired_timings(fns, rounds=args.rounds, grad=True)
+            ms = {n: B.median(t) * 1e3 for n, t in times.items()}
+            rows.append(["x".join(map(str, shape)) + f" (keys {lk})", str(dtype)[6:],
+                         *(f"{ms[f'{k} {w}']:.1f}" for w in ("forward", "fwd+bwd") for k in ("flash", "matmuls")),
+                         f"{B.paired_ratio(times['flash fwd+bwd'], times['matmuls fwd+bwd']):.2f}x"])
+    print(B.markdown_table(["query [batch, heads, L, d]", "dtype", "flash fwd ms", "matmuls fwd ms",
+                            "flash fwd+bwd ms", "matmuls fwd+bwd ms", "matmuls faster (fwd+bwd)"], rows))
 
 
 def _cpu_name() -> str:
@@ -175,8 +238,8 @@ def _family(event) -> str:
         return "layer norm (fwd + bwd)"
     if op.startswith("aten::gelu"):
         return "GELU (fwd + bwd)"
-    if op.startswith(("aten::_softmax", "aten::_safe_softmax", "aten::softmax")):
-        return "softmax (outside fused attention)"
+    if op.startswith(("aten::_softmax", "aten::_safe_softmax", "aten::softmax", "aten::bmm")):
+        return "attention as matmuls (bmm, softmax; bf16 on CPU, the official's 5-D math path)"
     if op.startswith(("aten::_scaled_dot_product_flash", "aten::_flash_attention")):
         return "fused attention (flash SDPA, fwd + bwd)"
     if op.startswith("aten::_scaled_dot_product_efficient"):
@@ -190,8 +253,29 @@ def profile(args: argparse.Namespace) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
+    fns, _, gflops = inference(args.batch)
+    rate = B.matmul_peak_gflops(dtype=BF16)
+    with torch.inference_mode():
+        for name in ("ours+packed fp32", "ours+packed bf16"):
+            fns[name]()  # warm-up
+            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                start = time.perf_counter()
+                for _ in range(args.profile_steps):
+                    fns[name]()
+                sec = (time.perf_counter() - start) / args.profile_steps
+            events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+            total = sum(e.self_cpu_time_total for e in events) / args.profile_steps / 1e3
+            print(f"\n### inference, {name}, batch {args.batch}: {sec * 1e3:.0f} ms (profiled; {gflops:.0f} GFLOPs, "
+                  f"bf16 matmul {rate:.0f} GFLOP/s)")
+            print(B.markdown_table(["op (self CPU)", "ms / forward", "% of forward", "calls"], [
+                [e.key[:60], f"{e.self_cpu_time_total / args.profile_steps / 1e3:.0f}",
+                 f"{100 * e.self_cpu_time_total / args.profile_steps / 1e3 / total:.1f}%",
+                 e.count // args.profile_steps]
+                for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:8]]))
+    del fns
     steps, _ = training(args.batch)
-    for name in ("ours fp32", "ours bf16"):
+    by_contender: dict[str, dict[tuple[str, str], float]] = {}
+    for name in ("ours fp32", "ours bf16", "official fp32", "official bf16"):
         step = steps[name]
         step(), step()  # warm-up (the first step also allocates the optimizer state)
         with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -219,6 +303,8 @@ def profile(args: argparse.Namespace) -> None:
                 casts[phase] = casts.get(phase, 0) + 1
             key = ("optimizer step (all its ops)" if phase == "optimizer" else _family(e), phase)
             families[key] = families.get(key, 0.0) + e.self_cpu_time_total / n / 1e3
+        families[("whole step (profiled)", "")] = sec * 1e3
+        by_contender[name] = families
         print(B.markdown_table(["op family (self CPU)", "phase", "ms / step", "% of step"], [
             [k, p, f"{ms:.0f}", f"{100 * ms / total:.1f}%"]
             for (k, p), ms in sorted(families.items(), key=lambda kv: -kv[1]) if ms >= 0.5]))
@@ -232,6 +318,12 @@ def profile(args: argparse.Namespace) -> None:
              f"{100 * e.self_cpu_time_total / n / 1e3 / total:.1f}%", e.count // n]
             for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:args.profile_rows]
             if not e.key.startswith("## ")]))
+    names = list(by_contender)
+    keys = sorted({k for f in by_contender.values() for k in f}, key=lambda k: -by_contender["ours bf16"].get(k, 0))
+    print("\n### ms per step by op family and phase, every contender\n")
+    print(B.markdown_table(["op family (self CPU)", "phase", *names], [
+        [k, p, *(f"{by_contender[c].get((k, p), 0):.0f}" for c in names)]
+        for k, p in keys if max(by_contender[c].get((k, p), 0) for c in names) >= 0.5]))
 
 
 def main() -> None:
@@ -239,17 +331,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory calls")
-    parser.add_argument("--profile", action="store_true", help="profile our MAE step fp32 against bf16 instead")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the MAE steps (ours, official) fp32 against bf16 instead")
     parser.add_argument("--profile-steps", type=int, default=2)
     parser.add_argument("--profile-rows", type=int, default=20)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
+    parser.add_argument("--attention", action="store_true",
+                        help="time the CPU flash kernel against two matmuls and a softmax at the models' shapes")
+    parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # the child of `benchmark`
     args = parser.parse_args()
-    if "MALLOC_MMAP_THRESHOLD_" not in os.environ and not args.profile:  # see the module docstring
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"})
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    profile(args) if args.profile else benchmark(args)
+    (profile if args.profile else attention if args.attention else memory if args.memory_only
+     else benchmark)(args)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import torch
 from conftest import PRESET, draw_images, pretrain_args, randomize_, run_pretrain
 
 import hieralab
+from hieralab.bench import input_shape
 from hieralab.cli import main
 from hieralab.config import FinetuneConfig, PretrainConfig, load_config
 from hieralab.data.fashion_mnist import ROOT
@@ -123,6 +124,53 @@ def test_a_classifiers_top1_agrees_in_bf16_with_fp32_on_the_validation_set():
     assert (autocast == want).float().mean() >= 0.97
     assert (packed == want).float().mean() >= 0.97
 
+
+
+@pytest.mark.parametrize("lq, lk, scale", [(64, 64, None), (16, 64, None), (4, 16, 0.3), (49, 196, None)])
+def test_attention_in_bf16_on_a_cpu_is_softmax_attention_forward_and_backward(lq, lk, scale):
+    """``attend``'s bf16 CPU path (two matmuls around a softmax, docs/speed.md) against fp32 SDPA: the output and the
+    three gradients within bf16 rounding; in fp32 it is SDPA itself, bit for bit."""
+    import torch.nn.functional as F
+
+    from hieralab.layers.attention import attend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(6, 2, n, 32, generator=g) for n in (lq, lk, lk))
+    grad = torch.randn(6, 2, lq, 32, generator=g)
+    assert torch.equal(attend(q, k, v, scale), F.scaled_dot_product_attention(q, k, v, scale=scale))
+    want = [t.clone().requires_grad_() for t in (q, k, v)]
+    F.scaled_dot_product_attention(*want, scale=scale).backward(grad)
+    got = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+    out = attend(*got, scale)
+    out.backward(grad.bfloat16())
+    assert out.dtype == torch.bfloat16
+    assert relative_error(out, F.scaled_dot_product_attention(q, k, v, scale=scale)) <= 0.02
+    for a, b in zip(got, want):
+        assert relative_error(a.grad, b.grad) <= 0.03
+
+
+@pytest.mark.parametrize("name", ["hiera_mini_32", "hiera_mini_8x32", "sam2_hiera_mini_32", "vit_mini_patch4_32",
+                                  "vit_mini_patch4_video", "t2t_vit_mini_32", "mae_hiera_mini_32",
+                                  "mae_vit_mini_patch4_32", "mae_vit_mini_patch4_video"])
+def test_the_residual_stream_stays_bf16_under_autocast(name):
+    """Every block (encoder and MAE decoder) gets bf16 activations under bf16 autocast: an fp32 position
+    embedding, class or mask token added to the bf16 patch embedding would promote the whole stream to fp32, and
+    every layer norm would run in fp32 and every matmul cast its input again."""
+    model = hieralab.create_model(name)
+    seen: dict[str, torch.dtype] = {}
+
+    def record(block_name: str):
+        return lambda module, args: seen.setdefault(block_name, args[0].dtype) and None
+
+    for block_name, block in model.named_modules():
+        if hasattr(block, "attn") and hasattr(block, "mlp"):
+            block.register_forward_pre_hook(record(block_name))
+    encoder = model.encoder if name.startswith("mae_") else model
+    x = torch.randn(input_shape(encoder, 2))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x)
+    assert len(seen) >= 2
+    assert {n: d for n, d in seen.items() if d != torch.bfloat16} == {}
 
 # ---------------------------------------------------------------- every task trains at precision=bf16
 @pytest.fixture

@@ -603,6 +603,10 @@ TABLES = {
     "dense_training": ("| Hiera-B training step, batch 2 |", "bench_dense.md", "| input | activation", px_label),
     "mae_study": ("| row | test top-1 (%) |", "mae_study.md", "", None),
     "dense_study": ("| encoder | box AP |", "dense_study.md", "", None),
+    "precision_inference": ("Hiera-B inference in fp32 and bf16:", "bench_precision.md",
+                            "### Run 6: Hiera-B inference", None),
+    "precision_training": ("The MAE-Hiera-B step in fp32 and bf16", "bench_precision.md",
+                           "### Run 6: MAE-Hiera-B step", None),
 }
 
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import json
+import os
 import re
 import statistics
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -123,7 +127,19 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
 # of 128 KiB or more is its own mmap, freed back to the OS at once, so the resident set follows the live tensors.
 def rss_kib(field: str = "VmRSS") -> int:
     with open("/proc/self/status") as f:
-        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
+        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.MULTILINE).group(1))
+
+
+def in_child_with_fixed_mmap_threshold(argv: Sequence[str]) -> object:
+    """Run ``python *argv`` with the mmap threshold fixed and return the JSON its last stdout line holds.
+
+    Peak memory is measured there and timings in the calling process, whose glibc keeps its default (dynamic)
+    threshold: a fixed one makes every large tensor its own mmap, page-faulted in on each call, which slowed Hiera-B
+    inference by 1.1x (fp32) to 1.25x (bf16) on this project's CPU (docs/bench_precision.md).
+    """
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    out = subprocess.run([sys.executable, *argv], env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def peak_rss_kib(fn: Callable[[], object]) -> tuple[int, int | None]:

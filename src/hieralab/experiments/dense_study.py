@@ -72,7 +72,8 @@ def run(*, mae: str = "runs/mae_hiera_fmnist", encoder: str = "hiera_mini_32", s
                "total_seconds": round(time.perf_counter() - t0, 1)}
     files.write_json(out / "dense_study.json", summary)
     files.write_text(out / "dense_study.md", report(summary))
-    plot(rows, out / "dense_study.png", f"Mask R-CNN on {encoder}, Fashion-MNIST scenes, {steps} steps")
+    plot(rows, out / "dense_study.png", f"Mask R-CNN on {encoder}, Fashion-MNIST scenes, {steps} steps"
+         + "".join(f", {e}" for e in extra))  # the overrides every run had (e.g. precision=bf16)
     return summary
 
 

@@ -9,6 +9,21 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """``softmax(q kᵀ · scale) v`` over ``[batch, heads, L, d]`` (``scale`` None: ``d ** -0.5``): the one place that
+    picks the attention kernel.
+
+    ``scaled_dot_product_attention`` (fused flash kernel, no stored softmax) everywhere but bf16 on a CPU, where the
+    flash kernel is no faster than in fp32 forward and 1.4-8.6x slower forward + backward, and two bf16 matmuls
+    around a softmax are 2.3-7.6x faster than it at every shape Hiera, the MAE decoder and ViT-B use (docs/speed.md;
+    the backward then keeps the bf16 softmax).
+    """
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+        scores = (q * (q.shape[-1] ** -0.5 if scale is None else scale)) @ k.transpose(-2, -1)  # [batch, h, Lq, Lk]
+        return scores.softmax(-1) @ v  # softmax accumulates in fp32 inside the kernel
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
 class MaskUnitAttention(nn.Module):
     """Multi-head attention over ``[B, #MU, L, C]`` tokens in the mask-unit layout (see ``models/layout.py``).
 
@@ -18,7 +33,7 @@ class MaskUnitAttention(nn.Module):
 
     The official code runs ``scaled_dot_product_attention`` on 5-D tensors ``[B, heads, #MU, L, d]``, which only the
     slow math kernel accepts. Here ``B * #MU`` is folded into the batch axis (a view in this layout), so the fused
-    4-D kernels run. Parameter names (``qkv``, ``proj``) match the official checkpoints.
+    4-D kernels run (``attend``). Parameter names (``qkv``, ``proj``) match the official checkpoints.
     """
 
     def __init__(self, dim: int, dim_out: int, heads: int, *,
@@ -42,7 +57,7 @@ class MaskUnitAttention(nn.Module):
         if self.q_pool is not None:
             q = self.q_pool(q)  # [batch, heads, units, L/s, d]
         q, k, v = q.flatten(2, 3), k.flatten(2, 3), v.flatten(2, 3)  # [batch, heads, units*L, d] (k, v: views)
-        x = F.scaled_dot_product_attention(q, k, v)  # [batch, heads, units*L/s, d]
+        x = attend(q, k, v)  # [batch, heads, units*L/s, d]
         x = x.transpose(1, 2).reshape(B, U, -1, self.heads * self.head_dim)  # [B, #MU, L/s, C_out]
         return self.proj(x)
 
@@ -68,5 +83,5 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape  # [B, N, C]
         q, k, v = self.qkv(x).view(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # [B, h, N, d]
-        x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # [B, h, N, d]
+        x = attend(q, k, v, self.scale)  # [B, h, N, d]
         return self.proj(x.transpose(1, 2).reshape(B, N, -1))  # [B, N, C_out]

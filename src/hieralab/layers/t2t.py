@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .attention import attend
 from .mlp import Mlp
 
 
@@ -57,7 +57,7 @@ class TokenAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(x).unflatten(-1, (3, self.token_dim)).unbind(-2)  # [B, N, t] each
         # one head as a 4-D [B, 1, N, t] call: the form every SDPA backend and the ONNX exporter take
-        y = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], scale=self.scale)[:, 0]  # [B, N, t]
+        y = attend(q[:, None], k[:, None], v[:, None], self.scale)[:, 0]  # [B, N, t]
         return v + self.proj(y)
 
 

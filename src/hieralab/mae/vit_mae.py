@@ -81,8 +81,9 @@ class MaskedAutoencoderViT(MAEBase):
     def forward_decoder(self, latent: torch.Tensor, visible: torch.Tensor, grid: list[int]) -> torch.Tensor:
         """Mask tokens at the hidden patches; returns predictions ``[B, N, P]`` (class token dropped)."""
         x = self.decoder_embed(latent)  # [B, 1 + keep, D]
-        full = scatter_units(self.mask_token, x[:, 1:], visible)  # [B, N, D], mask tokens at the hidden patches
-        x = torch.cat([x[:, :1], full], dim=1) + self._decoder_pos_embed(grid)  # [B, 1 + N, D]
+        # (mask token and position embedding in x's dtype: the bf16 stream stays bf16, see Hiera._embed)
+        full = scatter_units(self.mask_token.to(x.dtype), x[:, 1:], visible)  # [B, N, D], at the hidden patches
+        x = torch.cat([x[:, :1], full], dim=1) + self._decoder_pos_embed(grid).to(x.dtype)  # [B, 1 + N, D]
         for block in self.decoder_blocks:
             x = self.run_block(block, x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]  # [B, N, P]

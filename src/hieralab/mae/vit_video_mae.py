@@ -114,9 +114,10 @@ class MaskedAutoencoderVideoViT(MAEBase):
     def forward_decoder(self, latent: torch.Tensor, visible: torch.Tensor, grid: list[int]) -> torch.Tensor:
         """Mask tokens at the hidden positions, the decoder's class token first; returns predictions ``[B, N, P]``."""
         x = self.decoder_embed(latent)  # [B, keep, D]
-        full = scatter_units(self.mask_token, x, visible)  # [B, N, D]
-        cls = self.decoder_cls_token.expand(x.shape[0], -1, -1)  # [B, 1, D]
-        x = torch.cat([cls, full], dim=1) + self._decoder_pos_embed(grid)  # [B, 1 + N, D]
+        # (mask token, class token and position embedding in x's dtype: the bf16 stream stays bf16, see Hiera._embed)
+        full = scatter_units(self.mask_token.to(x.dtype), x, visible)  # [B, N, D]
+        cls = self.decoder_cls_token.to(x.dtype).expand(x.shape[0], -1, -1)  # [B, 1, D]
+        x = torch.cat([cls, full], dim=1) + self._decoder_pos_embed(grid).to(x.dtype)  # [B, 1 + N, D]
         for block in self.decoder_blocks:
             x = self.run_block(block, x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]  # [B, N, P]

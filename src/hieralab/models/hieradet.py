@@ -295,7 +295,8 @@ class HieraDet(PretrainedMixin, nn.Module):
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         grid = self.token_grid(x)
-        return self.patch_embed(x) + self._pos_embed(grid)  # [B, H/4, W/4, C]
+        x = self.patch_embed(x)  # [B, H/4, W/4, C]
+        return x + self._pos_embed(grid).to(x.dtype)  # in x's dtype: the bf16 stream stays bf16 (see Hiera._embed)
 
     def _stages(self, x: torch.Tensor, stages: Sequence[int] | None = None):
         """Run the blocks, yielding ``(stage index, map [B, H_s, W_s, C_s])`` at each requested stage end."""

@@ -223,13 +223,13 @@ class ViTBackbone(PretrainedMixin, nn.Module):
         (``N = prod(G)``, time outermost for clips). The class token is not added here: :meth:`encode` prepends it."""
         grid = self.token_grid(x)
         x = self.tokenize(x)  # [B, *G, C]
-        x = x + self.patch_pos_embed(grid)  # [B, *G, C]
+        x = x + self.patch_pos_embed(grid).to(x.dtype)  # [B, *G, C]; in x's dtype, see Hiera._embed
         return x.flatten(1, -2)  # [B, N, C]
 
     def _prepend_class_token(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.dim() != 3 or tokens.shape[-1] != self.embed_dim:
             raise ValueError(f"encode takes tokens [B, N, {self.embed_dim}] from embed(), got {tuple(tokens.shape)}")
-        cls = (self.cls_token + self.class_pos_embed()).expand(tokens.shape[0], -1, -1)  # [B, 1, C]
+        cls = (self.cls_token + self.class_pos_embed()).to(tokens.dtype).expand(tokens.shape[0], -1, -1)  # [B, 1, C]
         return torch.cat([cls, tokens], dim=1)  # [B, 1 + N, C]
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
