@@ -105,22 +105,37 @@ def test_optimize_for_inference_refuses_another_dtype():
 
 
 @needs_fmnist
-def test_a_classifiers_top1_agrees_in_bf16_with_fp32_on_the_validation_set():
-    """The top-1 of a classifier (Hiera mini at order-one logits) on 256 images of Fashion-MNIST's test split:
-    bf16 autocast and the bf16-packed model pick fp32's class for at least 97 % of the images."""
+def test_a_fine_tuned_classifiers_top1_agrees_in_bf16_with_fp32_on_the_validation_set():
+    """A Hiera mini trained in fp32 for 100 steps on Fashion-MNIST (46 % top-1 on 512 test images here; chance is
+    10 %) classifies the test images: bf16 autocast and the bf16-packed model pick fp32's class for at least 97 % of
+    them (measured: 99.4 % and 98.8 %). About 35 s on this project's 2-core machine."""
     from hieralab.data.fashion_mnist import FashionMNIST
 
-    data = FashionMNIST(split="test")
-    x = (torch.from_numpy(data.images[:256].copy()).float() / 255 - 0.29) / 0.35  # [N, 28, 28] -> [N, 3, 32, 32]
-    x = torch.nn.functional.pad(x, (2, 2, 2, 2)).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
-    model = randomize_(hieralab.create_model("hiera_mini_32", num_classes=10)).eval()
+    def pixels(data: FashionMNIST, rows: torch.Tensor) -> torch.Tensor:  # [N, 28, 28] uint8 -> [N, 3, 32, 32]
+        x = (torch.from_numpy(data.images[rows.numpy()]).float() / 255 - 0.29) / 0.35
+        return torch.nn.functional.pad(x, (2, 2, 2, 2)).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+
+    torch.manual_seed(0)
+    train, val = FashionMNIST(split="train"), FashionMNIST(split="test")
+    model = hieralab.create_model("hiera_mini_32", num_classes=10)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=100, pct_start=0.1)
+    for _ in range(100):
+        rows = torch.randint(len(train), (64,))
+        loss = torch.nn.functional.cross_entropy(model(pixels(train, rows)), torch.from_numpy(train.targets[rows]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        schedule.step()
+    model.eval()
+    x, labels = pixels(val, torch.arange(512)), torch.from_numpy(val.targets[:512])
     fast = hieralab.optimize_for_inference(model, dtype=torch.bfloat16)
     with torch.no_grad():
         want = model(x).argmax(1)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             autocast = model(x).argmax(1)
         packed = fast(x).argmax(1)
-    assert len(want.unique()) > 3  # a classifier that separates the images, not one constant class
+    assert (want == labels).float().mean() >= 0.35  # it learned
     assert (autocast == want).float().mean() >= 0.97
     assert (packed == want).float().mean() >= 0.97
 
