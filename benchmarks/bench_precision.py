@@ -186,18 +186,16 @@ ATTENTION_SHAPES = [((152, 1, 64, 96), 64), ((152, 2, 16, 96), 64), ((152, 2, 16
 
 
 def attention(args: argparse.Namespace) -> None:
-    """The CPU flash kernel (``scaled_dot_product_attention``) against two matmuls around a softmax (``attend``'s
-    bf16 CPU path), fp32 and bf16, forward and forward + backward, at the shapes the models run."""
+    """The CPU flash kernel (``scaled_dot_product_attention``) against two matmuls around a softmax
+    (``layers.attention.matmul_attention``, ``attend``'s bf16 CPU path), fp32 and bf16, forward and forward +
+    backward, at the shapes the models run."""
     import torch.nn.functional as F
 
-    from hieralab.layers.attention import attend
-
-    def matmuls(q, k, v):
-        return attend(q, k, v) if q.dtype == BF16 else (q * q.shape[-1] ** -0.5 @ k.transpose(-2, -1)).softmax(-1) @ v
+    from hieralab.layers.attention import matmul_attention
 
     def contenders(q, k, v, grad) -> dict[str, Callable]:
         fns = {}
-        for kernel, fn in (("flash", F.scaled_dot_product_attention), ("matmuls", matmuls)):
+        for kernel, fn in (("flash", F.scaled_dot_product_attention), ("matmuls", matmul_attention)):
             fns[f"{kernel} forward"] = lambda fn=fn: fn(q.detach(), k.detach(), v.detach())
             fns[f"{kernel} fwd+bwd"] = lambda fn=fn: fn(q, k, v).backward(grad)
         return fns

@@ -27,8 +27,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from hieralab import files
 from hieralab.files import read_csv
-from hieralab.viz.figures import smooth
+from hieralab.viz.figures import save_figure, smooth
 
 PRECISIONS = ("fp32", "bf16")
 PICTURE = ("Top: each logged loss faint (every 5 steps), solid their running mean as the training curves draw it "
@@ -75,9 +76,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
         bx.grid(alpha=0.3)
         bx.legend(fontsize=8)
     axes[-1, 0].set_xlabel("optimizer step (64 images)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> int:
@@ -110,7 +109,7 @@ def main() -> int:
     text = (f"# The demo's MAE in fp32 and in bf16\n\n`python benchmarks/bf16_demo.py --out {args.out}"
             f"{' ' + ' '.join(args.overrides) if args.overrides else ''}` ({machine})\n\n"
             + "\n".join(lines) + f"\n\n![loss curves]({out.with_suffix('.png').name})\n\n{PICTURE}\n")
-    out.with_suffix(".md").write_text(text)
+    files.write_text(out.with_suffix(".md"), text)
     print(text)
     return 0
 

@@ -51,7 +51,8 @@ COMMANDS = [
 
 def run(argv: list[str], cwd: Path) -> tuple[float, str]:
     t = time.perf_counter()
-    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False, env={**os.environ, "TQDM_DISABLE": "1"})
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False,
+                          env={**os.environ, "TQDM_DISABLE": "1"})
     seconds = time.perf_counter() - t
     if done.returncode:
         raise SystemExit(f"{shlex.join(argv)} failed:\n{done.stderr[-2000:]}")
@@ -113,6 +114,7 @@ def main() -> int:
     p.add_argument("--only", help="only the commands containing this text")
     args = p.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from hieralab import files
     from hieralab.bench import matmul_peak_gflops
 
     peak = matmul_peak_gflops()
@@ -135,8 +137,8 @@ def main() -> int:
             f"{clips:.0f} s.\n")
     print(text)
     if args.out:
-        Path(args.out).write_text(f"# How long the README's long commands take\n\n`python benchmarks/time_commands.py "
-                                  f"--out {args.out}`\n\n{ABOUT}\n\n{text}")
+        files.write_text(args.out, f"# How long the README's long commands take\n\n`python "
+                                   f"benchmarks/time_commands.py --out {args.out}`\n\n{ABOUT}\n\n{text}")
     return 0
 
 

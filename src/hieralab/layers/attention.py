@@ -19,9 +19,14 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | Non
     the backward then keeps the bf16 softmax).
     """
     if q.dtype == torch.bfloat16 and q.device.type == "cpu":
-        scores = (q * (q.shape[-1] ** -0.5 if scale is None else scale)) @ k.transpose(-2, -1)  # [batch, h, Lq, Lk]
-        return scores.softmax(-1) @ v  # softmax accumulates in fp32 inside the kernel
+        return matmul_attention(q, k, v, scale)
     return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """``softmax(q kᵀ · scale) v`` as two matmuls around a softmax (the backward keeps the softmax)."""
+    scores = (q * (q.shape[-1] ** -0.5 if scale is None else scale)) @ k.transpose(-2, -1)  # [batch, h, Lq, Lk]
+    return scores.softmax(-1) @ v  # softmax accumulates in fp32 inside the kernel
 
 
 class MaskUnitAttention(nn.Module):
